@@ -1,0 +1,52 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session
+
+from services.api.auth import KeyRing, load_key_ring
+from services.api.catalog import ModelCatalog
+from services.api.errors import install_error_handlers
+from services.api.routes import health, jobs, models, uploads
+from shared.config.settings import ApiSettings, get_api_settings
+from shared.db.engine import session_scope
+from shared.db.models import ApiKey, Tenant
+from shared.queue import create_celery
+from shared.storage import open_store
+
+log = logging.getLogger("vlmq.api")
+
+
+def sync_tenants(session: Session, key_ring: KeyRing) -> None:
+    """Tenants and key hashes from the configuration become rows (resources reference tenants)."""
+    for key_hash, tenant in key_ring.entries:
+        if session.get(Tenant, tenant) is None:
+            session.add(Tenant(id=tenant))
+            session.flush()
+        if session.get(ApiKey, key_hash) is None:
+            session.add(ApiKey(key_sha256=key_hash, tenant_id=tenant))
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or get_api_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        with session_scope(settings.resolved_database_url) as session:
+            sync_tenants(session, app.state.key_ring)
+        yield
+
+    app = FastAPI(title="vlmq", version="0.1.0", lifespan=lifespan, description="InternVL as asynchronous jobs.")
+    app.state.settings = settings
+    app.state.key_ring = load_key_ring(settings)
+    app.state.store = open_store(settings.resolved_storage_url)
+    app.state.celery = create_celery(settings, name="vlmq-api")
+    app.state.catalog = ModelCatalog.from_settings(settings)
+    install_error_handlers(app)
+    for module in (health, jobs, uploads, models):
+        app.include_router(module.router)
+    return app

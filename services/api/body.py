@@ -1,0 +1,123 @@
+"""Read the two body forms of ``POST /v1/jobs`` (and ``/plan``) into a spec and its media."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from services.api.errors import NotFound, UnsupportedMedia, ValidationFailed
+from services.api.ingest import MediaIngest, StoredMedia, inspect_stored_object
+from services.api.jobs import check_media_fits_task, known_media
+from services.api.multipart import discard_new_media, parse_media_form
+from services.api.schemas import InputRef, JobCreate, JobSpec
+from shared.config.settings import ApiSettings
+from shared.db.engine import session_scope
+from shared.db.models import Upload, utcnow
+from shared.storage import ObjectNotFound, ObjectStore, tenant_prefix, upload_key
+
+MAX_JSON_BODY = 1024 * 1024
+
+
+def _validation_details(error: ValidationError) -> ValidationFailed:
+    problems = [
+        {"loc": [str(part) for part in item["loc"]], "message": item["msg"]} for item in error.errors()
+    ]
+    message = "; ".join(f"{'.'.join(p['loc']) or 'body'}: {p['message']}" for p in problems)
+    return ValidationFailed(message, details={"errors": problems})
+
+
+class JobBodyReader:
+    """``store=True`` keeps uploaded files (job creation); False only inspects them (plans)."""
+
+    def __init__(self, *, settings: ApiSettings, store: ObjectStore, tenant_id: str, keep_files: bool) -> None:
+        self.settings, self.store, self.tenant_id, self.keep_files = settings, store, tenant_id, keep_files
+
+    async def read(self, request: Request) -> tuple[JobSpec, list[StoredMedia]]:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            spec, media = await self._read_multipart(request)
+        elif content_type in ("application/json", ""):
+            spec, media = await self._read_json(request)
+        else:
+            raise UnsupportedMedia(
+                "send application/json or multipart/form-data", code="unsupported_content_type"
+            )
+        try:
+            check_media_fits_task(spec, media)
+        except ValidationFailed:
+            await run_in_threadpool(discard_new_media, self.store, media)
+            raise
+        return spec, media
+
+    def _new_ingest(self) -> MediaIngest:
+        return MediaIngest(
+            self.store,
+            store_as=self.tenant_id if self.keep_files else None,
+            max_bytes=self.settings.max_upload_bytes,
+            max_image_bytes=self.settings.max_image_bytes,
+        )
+
+    async def _read_multipart(self, request: Request) -> tuple[JobSpec, list[StoredMedia]]:
+        text, media = await parse_media_form(request, new_ingest=self._new_ingest, store=self.store)
+        try:
+            if text is None:
+                raise ValidationFailed("the multipart body has no 'request' part")
+            try:
+                spec = JobSpec.model_validate(json.loads(text))
+            except json.JSONDecodeError as error:
+                raise ValidationFailed(f"the request part is not JSON: {error}") from error
+            except ValidationError as error:
+                raise _validation_details(error) from error
+        except ValidationFailed:
+            await run_in_threadpool(discard_new_media, self.store, media)
+            raise
+        return spec, media
+
+    async def _read_json(self, request: Request) -> tuple[JobSpec, list[StoredMedia]]:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BODY:
+                raise ValidationFailed(f"JSON bodies are limited to {MAX_JSON_BODY} bytes; upload media instead")
+        try:
+            create = JobCreate.model_validate_json(bytes(body) or b"{}")
+        except ValidationError as error:
+            raise _validation_details(error) from error
+        refs = create.input.refs() if create.input else []
+        media = [await self._resolve(ref) for ref in refs]
+        return JobSpec.model_validate(create.model_dump(exclude={"input"})), media
+
+    async def _resolve(self, ref: InputRef) -> StoredMedia:
+        if ref.url is not None:
+            raise ValidationFailed("media by URL is not supported yet; upload it instead", code="unsupported_input")
+        key = ref.object_key or await run_in_threadpool(self._upload_object_key, ref.upload_id)
+        if not key.startswith(tenant_prefix(self.tenant_id)):
+            raise NotFound(f"no object {key!r} in your storage", code="object_not_found")
+        media = await run_in_threadpool(self._known_media, key)
+        if media is not None:
+            return media
+        try:
+            return await inspect_stored_object(
+                self.store, key,
+                max_bytes=self.settings.max_upload_bytes, max_image_bytes=self.settings.max_image_bytes,
+            )
+        except ObjectNotFound as error:
+            raise NotFound(f"no object {key!r} in your storage", code="object_not_found") from error
+
+    def _known_media(self, key: str) -> StoredMedia | None:
+        with session_scope(self.settings.resolved_database_url) as session:
+            return known_media(session, self.tenant_id, key)
+
+    def _upload_object_key(self, upload_id: str | None) -> str:
+        with session_scope(self.settings.resolved_database_url) as session:
+            upload = session.get(Upload, upload_id)
+            if upload is None or upload.tenant_id != self.tenant_id:
+                raise NotFound(f"no upload {upload_id}", code="upload_not_found")
+            return upload_key(self.tenant_id, upload.id)
+
+
+def expired(upload: Upload) -> bool:
+    return upload.expires_at < utcnow()

@@ -1,0 +1,74 @@
+"""Typed dependencies route handlers declare; the app's state is built once in ``app.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from services.api.auth import KeyRing
+from services.api.catalog import ModelCatalog
+from services.api.errors import Unauthorized
+from shared.config.settings import ApiSettings
+from shared.db.engine import get_sessionmaker
+from shared.storage import ObjectStore
+
+_bearer = HTTPBearer(auto_error=False, description="A vlmq API key.")
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    session = get_sessionmaker(settings.resolved_database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_store(request: Request) -> ObjectStore:
+    return request.app.state.store
+
+
+StorageDep = Annotated[ObjectStore, Depends(get_store)]
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def get_catalog(request: Request) -> ModelCatalog:
+    return request.app.state.catalog
+
+
+CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
+
+
+def get_tenant(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer API key")
+    key_ring: KeyRing = request.app.state.key_ring
+    tenant = key_ring.tenant_for(credentials.credentials)
+    if tenant is None:
+        raise Unauthorized("invalid API key")
+    return tenant
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,0 +1,89 @@
+"""The API's exceptions and their ONE mapping to API.md's error shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("vlmq.api")
+
+
+class ApiError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.details = details or {}
+
+
+class ValidationFailed(ApiError):
+    status_code, code = 400, "validation_error"
+
+
+class Unauthorized(ApiError):
+    status_code, code = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status_code, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status_code, code = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code, code = 413, "media_too_large"
+
+
+class UnsupportedMedia(ApiError):
+    status_code, code = 415, "unsupported_media"
+
+
+class InvalidMedia(ApiError):
+    status_code, code = 422, "invalid_media"
+
+
+class DependencyDown(ApiError):
+    status_code, code = 503, "dependency_unavailable"
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+_STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "media_too_large"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        return JSONResponse(error_body(error.code, error.message, error.details), error.status_code, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": [str(part) for part in item.get("loc", ())], "message": item.get("msg", "")}
+            for item in error.errors()
+        ]
+        message = "; ".join(f"{'.'.join(p['loc'])}: {p['message']}" for p in problems) or "invalid request"
+        return JSONResponse(error_body("validation_error", message, {"errors": problems}), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(error.status_code, "http_error")
+        return JSONResponse(error_body(code, str(error.detail)), error.status_code, getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=error)
+        return JSONResponse(error_body("internal_error", "internal error; it has been logged"), 500)

@@ -1,0 +1,95 @@
+"""Streaming multipart/form-data: file parts go to storage as they arrive, never whole in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from services.api.errors import ValidationFailed
+from services.api.ingest import MediaIngest, StoredMedia
+from shared.storage import ObjectStore
+
+MAX_FIELD_BYTES = 64 * 1024
+FILE_PART = "file"
+REQUEST_PART = "request"
+
+
+class _Events:
+    """The push parser's callbacks, recorded so they can be handled with ``await``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple] = []
+        self._header_name = b""
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": lambda: self.items.append(("begin",)),
+            "on_header_field": lambda data, start, end: setattr(self, "_header_name", self._header_name + data[start:end]),
+            "on_header_value": lambda data, start, end: self.items.append(
+                ("header", self._header_name.lower(), data[start:end])
+            ),
+            "on_header_end": lambda: setattr(self, "_header_name", b""),
+            "on_part_data": lambda data, start, end: self.items.append(("data", bytes(data[start:end]))),
+            "on_part_end": lambda: self.items.append(("end",)),
+        }
+
+    def drain(self) -> list[tuple]:
+        items, self.items = self.items, []
+        return items
+
+
+def discard_new_media(store: ObjectStore, media: list[StoredMedia]) -> None:
+    for item in media:
+        if item.newly_stored:
+            store.delete(item.object_key)
+
+
+async def parse_media_form(
+    request: Request, *, new_ingest: Callable[[], MediaIngest], store: ObjectStore
+) -> tuple[str | None, list[StoredMedia]]:
+    """The ``request`` part's text and every ``file`` part, stored (or inspected) in order."""
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise ValidationFailed("expected multipart/form-data with a boundary")
+    events = _Events()
+    parser = MultipartParser(boundary, events.callbacks())
+    stored: list[StoredMedia] = []
+    request_text = bytearray()
+    saw_request = False
+    current_name: str | None = None
+    ingest: MediaIngest | None = None
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            for event in events.drain():
+                kind = event[0]
+                if kind == "begin":
+                    current_name = None
+                elif kind == "header" and event[1] == b"content-disposition":
+                    _, disposition = parse_options_header(event[2])
+                    current_name = disposition.get(b"name", b"").decode()
+                    if current_name == FILE_PART:
+                        ingest = new_ingest()
+                    elif current_name == REQUEST_PART:
+                        saw_request = True
+                elif kind == "data":
+                    if ingest is not None:
+                        await ingest.feed(event[1])
+                    elif current_name == REQUEST_PART:
+                        request_text += event[1]
+                        if len(request_text) > MAX_FIELD_BYTES:
+                            raise ValidationFailed(f"the request part is larger than {MAX_FIELD_BYTES} bytes")
+                elif kind == "end" and ingest is not None:
+                    finished, ingest = ingest, None
+                    stored.append(await finished.finish())
+        parser.finalize()
+    except BaseException:
+        if ingest is not None:
+            await ingest.abort()
+        await run_in_threadpool(discard_new_media, store, stored)
+        raise
+    return (request_text.decode("utf-8", errors="replace") if saw_request else None), stored

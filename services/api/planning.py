@@ -1,0 +1,36 @@
+"""``POST /v1/jobs/plan``: what a job would feed the model, computed without the model."""
+
+from __future__ import annotations
+
+from services.api.ingest import StoredMedia
+from services.api.schemas import ImagePlanPublic, JobSpec, PlanPublic
+from workers.inference.runtime.checkpoint import CheckpointInfo
+from workers.inference.runtime.prompts import build_prompt, plan_images, question_for
+from workers.inference.runtime.tiling import TOKENS_PER_TILE
+
+
+def plan_job(spec: JobSpec, media: list[StoredMedia], *, model_id: str, checkpoint: CheckpointInfo) -> PlanPublic:
+    images = [item for item in media if item.is_image]
+    plans = plan_images(
+        [(item.width, item.height) for item in images],  # type: ignore[misc]
+        max_tiles=spec.options.max_tiles,
+        max_tiles_total=spec.options.max_tiles_total,
+    )
+    prompt = build_prompt(
+        checkpoint.template,
+        question=question_for(spec.task.value, spec.prompt),
+        n_images=len(images),
+        multi_image=spec.options.multi_image,
+        history=[(turn.user, turn.assistant) for turn in spec.history or []],
+        system_message=checkpoint.system_message,
+    )
+    return PlanPublic(
+        prompt=prompt,
+        images=[
+            ImagePlanPublic(width=plan.width, height=plan.height, tile_grid=plan.tile_grid, tiles=plan.tiles)
+            for plan in plans
+        ],
+        frames=[],
+        image_tokens=TOKENS_PER_TILE * sum(plan.tiles for plan in plans),
+        model=model_id,
+    )

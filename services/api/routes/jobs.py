@@ -1,0 +1,106 @@
+"""/v1/jobs: create, plan, get, list."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from services.api.body import JobBodyReader
+from services.api.deps import CatalogDep, CeleryDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from services.api.ingest import StoredMedia
+from services.api.jobs import enqueue_job, get_job, insert_job, job_public, list_jobs
+from services.api.multipart import discard_new_media
+from services.api.planning import plan_job
+from services.api.schemas import JobPublic, JobSpec, JobsPublic, PlanPublic
+from shared.db.engine import session_scope
+from shared.jobs import JobStatus, JobTask
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+# Both body forms of API.md, for the OpenAPI document (the handler reads the raw stream itself).
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["request"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "request": {"type": "string", "description": "JSON of the JobSpec fields"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post("", status_code=202, response_model=JobPublic, openapi_extra=_BODY_DOC)
+async def create_job(
+    request: Request,
+    response: Response,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StorageDep,
+    celery: CeleryDep,
+    catalog: CatalogDep,
+) -> JobPublic:
+    reader = JobBodyReader(settings=settings, store=store, tenant_id=tenant, keep_files=True)
+    spec, media = await reader.read(request)
+    try:
+        model_id = catalog.resolve(spec.model)
+    except Exception:
+        await run_in_threadpool(discard_new_media, store, media)
+        raise
+    job = await run_in_threadpool(_create_and_enqueue, settings.resolved_database_url, celery, tenant, spec, model_id, media)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+def _create_and_enqueue(
+    database_url: str, celery, tenant: str, spec: JobSpec, model_id: str, media: list[StoredMedia]
+) -> JobPublic:
+    with session_scope(database_url) as session:
+        job = insert_job(session, tenant_id=tenant, spec=spec, model_id=model_id, media=media)
+        enqueue_job(session, celery, job)
+        return job_public(session, job)
+
+
+@router.post("/plan", response_model=PlanPublic, openapi_extra=_BODY_DOC)
+async def plan(
+    request: Request, tenant: TenantDep, settings: SettingsDep, store: StorageDep, catalog: CatalogDep
+) -> PlanPublic:
+    reader = JobBodyReader(settings=settings, store=store, tenant_id=tenant, keep_files=False)
+    spec, media = await reader.read(request)
+    model_id = catalog.resolve(spec.model)
+    return plan_job(spec, media, model_id=model_id, checkpoint=catalog.checkpoint(model_id))
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
+    return job_public(session, get_job(session, tenant, job_id))
+
+
+@router.get("", response_model=JobsPublic)
+def read_jobs(
+    tenant: TenantDep,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    task: JobTask | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> JobsPublic:
+    jobs, next_cursor = list_jobs(
+        session,
+        tenant,
+        status=status.value if status else None,
+        task=task.value if task else None,
+        limit=limit,
+        cursor=cursor,
+    )
+    return JobsPublic(data=[job_public(session, job) for job in jobs], next_cursor=next_cursor)

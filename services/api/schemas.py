@@ -1,0 +1,193 @@
+"""Request and response bodies of the public API (API.md)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+
+from shared.jobs.states import JobStatus, JobTask
+
+MAX_METADATA_BYTES = 4096
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tiles: int = Field(default=12, ge=1, le=40)
+    max_tiles_total: int | None = Field(default=None, ge=1, le=400)
+    multi_image: Literal["numbered", "combined"] = "numbered"
+    max_new_tokens: int = Field(default=512, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    num_frames: int = Field(default=8, ge=1, le=64)
+    start_s: float | None = Field(default=None, ge=0.0)
+    end_s: float | None = Field(default=None, ge=0.0)
+
+
+class HistoryTurn(BaseModel):
+    user: str
+    assistant: str
+
+
+class WebhookSpec(BaseModel):
+    url: HttpUrl
+    events: list[str] = Field(default_factory=lambda: ["job.succeeded", "job.failed", "job.canceled"])
+
+
+class InputRef(BaseModel):
+    """Exactly one of ``url``, ``object_key``, ``upload_id``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl | None = None
+    object_key: str | None = Field(default=None, min_length=1, max_length=512)
+    upload_id: str | None = Field(default=None, min_length=1, max_length=40)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> InputRef:
+        given = [name for name in ("url", "object_key", "upload_id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of url, object_key, upload_id")
+        return self
+
+
+class JobInput(InputRef):
+    items: list[InputRef] | None = Field(default=None, min_length=1, max_length=16)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> JobInput:
+        given = [name for name in ("url", "object_key", "upload_id", "items") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of url, object_key, upload_id, items")
+        return self
+
+    def refs(self) -> list[InputRef]:
+        return self.items if self.items is not None else [InputRef(url=self.url, object_key=self.object_key, upload_id=self.upload_id)]
+
+
+class JobSpec(BaseModel):
+    """The fields common to both body forms of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: JobTask
+    prompt: str | None = Field(default=None, max_length=32_000)
+    history: list[HistoryTurn] | None = None
+    model: str | None = None
+    options: JobOptions = Field(default_factory=JobOptions)
+    stream: bool = False
+    webhook: WebhookSpec | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is limited to {MAX_METADATA_BYTES} bytes of JSON")
+        return value
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> JobSpec:
+        if self.history and self.task is not JobTask.chat:
+            raise ValueError("history is only for task chat")
+        if self.task in (JobTask.vqa, JobTask.grounding, JobTask.video_qa) and not (self.prompt or "").strip():
+            raise ValueError(f"task {self.task.value} needs a prompt")
+        return self
+
+
+class JobCreate(JobSpec):
+    """The JSON body form: the spec plus where its media already is."""
+
+    input: JobInput | None = None
+
+
+class MediaItemPublic(BaseModel):
+    object_key: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    width: int | None
+    height: int | None
+    duration_s: float | None
+    fps: float | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    task: JobTask
+    model: str
+    prompt: str | None
+    history: list[HistoryTurn] | None = None
+    options: dict[str, Any]
+    metadata: dict[str, Any]
+    input: dict[str, list[MediaItemPublic]]
+    result: dict[str, Any] | None
+    error: JobError | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None
+
+
+class ImagePlanPublic(BaseModel):
+    width: int
+    height: int
+    tile_grid: tuple[int, int]
+    tiles: int
+
+
+class FramePublic(BaseModel):
+    index: int
+    time_s: float
+
+
+class PlanPublic(BaseModel):
+    prompt: str
+    images: list[ImagePlanPublic]
+    frames: list[FramePublic]
+    image_tokens: int
+    model: str
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(min_length=1, max_length=100)
+    size_bytes: int = Field(gt=0)
+
+
+class UploadPublic(BaseModel):
+    upload_id: str
+    url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str]
+    expires_at: datetime
+
+
+class ModelPublic(BaseModel):
+    id: str
+    family: str
+    llm: str
+    template: str
+    params: int
+    max_tiles: int
+    default: bool
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]

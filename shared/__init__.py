@@ -1,0 +1,1 @@
+"""Code shared by every vlmq process: config, database, job state machine, storage, queue."""

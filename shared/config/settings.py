@@ -1,0 +1,115 @@
+"""One settings class per process role; embedded defaults need no configuration at all.
+
+With no ``VLMQ_`` variables set, everything lives under ``VLMQ_DATA_DIR`` (default ``.run``):
+a SQLite database, a local storage directory and the tiny model that ``make demo`` builds.
+Production swaps in PostgreSQL, S3 and Redis by URL only.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Environment(str, enum.Enum):
+    development = "development"
+    production = "production"
+
+
+class CommonSettings(BaseSettings):
+    """What every process needs: where the database, broker, storage and model are."""
+
+    model_config = SettingsConfigDict(env_prefix="VLMQ_", extra="ignore")
+
+    env: Environment = Environment.development
+    data_dir: Path = Path(".run")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file under data_dir."
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL; default: local Redis if reachable, else a file broker.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="s3://bucket?endpoint_url=...&region=... or file:///dir; default: data_dir/storage.",
+    )
+    model_path: Path | None = Field(
+        default=None, description="Local checkpoint directory; default: data_dir/models/internvl-tiny."
+    )
+    model_id: str | None = Field(default=None, description="Public id of the model; default: its directory name.")
+    allow_private_networks: bool = False
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'vlmq.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir.resolve() / "storage").as_uri()
+
+    @property
+    def resolved_model_path(self) -> Path:
+        return (self.model_path or self.data_dir / "models" / "internvl-tiny").resolve()
+
+    @property
+    def resolved_model_id(self) -> str:
+        return self.model_id or self.resolved_model_path.name.lower()
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_values(self) -> CommonSettings:
+        if self.env is Environment.production:
+            if self.allow_private_networks:
+                raise ValueError("VLMQ_ALLOW_PRIVATE_NETWORKS is for development and tests only")
+            missing = [name for name in ("database_url", "broker_url", "storage_url") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"production needs explicit {', '.join('VLMQ_' + m.upper() for m in missing)}")
+        return self
+
+
+class ApiSettings(CommonSettings):
+    """The ingest API."""
+
+    api_keys: str = Field(default="", description="Comma-separated tenant:key pairs.")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_upload_bytes: int = Field(default=2048 * MiB, description="Largest accepted media file.")
+    max_image_bytes: int = Field(default=64 * MiB, description="Largest accepted image file.")
+    upload_url_ttl_s: int = 3600
+    public_url: str | None = Field(
+        default=None, description="Base URL clients use to reach the API (for local-storage upload URLs)."
+    )
+
+    @model_validator(mode="after")
+    def _refuse_keyless_production(self) -> ApiSettings:
+        if self.env is Environment.production and not self.api_keys.strip():
+            raise ValueError("VLMQ_API_KEYS is required outside development")
+        return self
+
+
+class WorkerSettings(CommonSettings):
+    """The inference worker."""
+
+    device: str = Field(default="auto", description="cpu, cuda, or auto.")
+    dtype: str = Field(default="auto", description="float32, bfloat16, float16 or auto.")
+
+
+@lru_cache
+def get_common_settings() -> CommonSettings:
+    return CommonSettings()
+
+
+@lru_cache
+def get_api_settings() -> ApiSettings:
+    return ApiSettings()
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()

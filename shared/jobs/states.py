@@ -1,0 +1,44 @@
+"""Job statuses, tasks and the allowed transitions between statuses."""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
+
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed, JobStatus.canceled}),
+    JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled}),
+    JobStatus.succeeded: frozenset(),
+    JobStatus.failed: frozenset(),
+    JobStatus.canceled: frozenset(),
+}
+
+
+class JobTask(str, enum.Enum):
+    caption = "caption"
+    vqa = "vqa"
+    grounding = "grounding"
+    chat = "chat"
+    video_caption = "video_caption"
+    video_qa = "video_qa"
+
+    @property
+    def is_video(self) -> bool:
+        return self in (JobTask.video_caption, JobTask.video_qa)
+
+
+# What the inference worker can run today; the API refuses the rest with a clear error.
+RUNNABLE_TASKS = frozenset({JobTask.caption, JobTask.vqa, JobTask.grounding})

@@ -1,0 +1,12 @@
+"""Queue and task names, shared by the producers (API) and the consumers (workers)."""
+
+from __future__ import annotations
+
+from shared.jobs.states import JobTask
+
+INFERENCE_QUEUE = "vlmq.inference"
+
+
+def task_name_for(task: JobTask | str) -> str:
+    """The Celery task that runs one kind of job, e.g. ``vlmq.inference.caption``."""
+    return f"vlmq.inference.{JobTask(task).value}"

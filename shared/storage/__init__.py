@@ -1,0 +1,17 @@
+"""Object storage: one protocol, an S3 implementation and a local-directory one, and the key layout."""
+
+from shared.storage.base import ObjectNotFound, ObjectStore, ObjectWriter, StorageError
+from shared.storage.factory import open_store
+from shared.storage.keys import media_key, staging_key, tenant_prefix, upload_key
+
+__all__ = [
+    "ObjectNotFound",
+    "ObjectStore",
+    "ObjectWriter",
+    "StorageError",
+    "media_key",
+    "open_store",
+    "staging_key",
+    "tenant_prefix",
+    "upload_key",
+]

@@ -1,0 +1,23 @@
+"""Where things live in the store. Every key starts with its tenant's prefix."""
+
+from __future__ import annotations
+
+import uuid
+
+
+def tenant_prefix(tenant_id: str) -> str:
+    return f"tenants/{tenant_id}/"
+
+
+def media_key(tenant_id: str, sha256: str) -> str:
+    """Content-addressed: the same bytes uploaded twice by one tenant are stored once."""
+    return f"{tenant_prefix(tenant_id)}media/{sha256}"
+
+
+def staging_key(tenant_id: str) -> str:
+    """Where a streaming upload lands before its hash (and so its final key) is known."""
+    return f"{tenant_prefix(tenant_id)}staging/{uuid.uuid4().hex}"
+
+
+def upload_key(tenant_id: str, upload_id: str) -> str:
+    return f"{tenant_prefix(tenant_id)}uploads/{upload_id}"

@@ -1,0 +1,145 @@
+"""Load an InternVL checkpoint into transformers' native classes and run batches of requests."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, InternVLForConditionalGeneration
+
+from workers.inference.runtime.checkpoint import CheckpointInfo, read_checkpoint
+from workers.inference.runtime.grounding import parse_boxes
+from workers.inference.runtime.prompts import build_prompt, expand_image_placeholders, question_for
+from workers.inference.runtime.requests import GenerationRequest, GenerationResult
+from workers.inference.runtime.tiling import image_to_pixel_values, tiles_per_image
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+@dataclass
+class _Prepared:
+    request: GenerationRequest
+    text: str
+    pixel_values: np.ndarray | None
+    tiles: int
+    preprocess_ms: float
+
+
+class InternVLRuntime:
+    """One loaded model. ``run`` takes a list of requests and returns their results in order."""
+
+    def __init__(self, checkpoint: CheckpointInfo, model, tokenizer, device: torch.device, dtype: torch.dtype):
+        self.checkpoint, self.model, self.tokenizer = checkpoint, model, tokenizer
+        self.device, self.dtype = device, dtype
+        self.template = checkpoint.template
+        self.stop_token_id = tokenizer.convert_tokens_to_ids(self.template.stop_token)
+
+    @classmethod
+    def load(cls, path: Path, *, device: str = "auto", dtype: str = "auto") -> InternVLRuntime:
+        checkpoint = read_checkpoint(path)
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, torch_device)
+        # Never execute code shipped inside a checkpoint.
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tokenizer.padding_side = "left"
+        model = InternVLForConditionalGeneration.from_pretrained(path, dtype=torch_dtype, trust_remote_code=False)
+        model.to(torch_device).eval()
+        return cls(checkpoint, model, tokenizer, torch_device, torch_dtype)
+
+    def prepare(self, request: GenerationRequest) -> _Prepared:
+        started = time.perf_counter()
+        n_images = len(request.images)
+        cap = tiles_per_image(n_images, request.max_tiles, request.max_tiles_total)
+        pixel_arrays = [image_to_pixel_values(image, cap) for image in request.images]
+        tiles = [len(array) for array in pixel_arrays]
+        combined = request.multi_image == "combined" and n_images > 1
+        prompt = build_prompt(
+            self.template,
+            question=question_for(request.task, request.prompt),
+            n_images=n_images,
+            multi_image=request.multi_image,
+            history=request.history,
+            system_message=self.checkpoint.system_message,
+        )
+        text = expand_image_placeholders(prompt, [sum(tiles)] if combined else tiles)
+        pixel_values = np.concatenate(pixel_arrays) if pixel_arrays else None
+        return _Prepared(request, text, pixel_values, sum(tiles), (time.perf_counter() - started) * 1000)
+
+    def run(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        prepared = [self.prepare(request) for request in requests]
+        results: list[GenerationResult | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            groups[request.sampling_key()].append(index)
+        for indices in groups.values():
+            for index, result in zip(indices, self._generate([prepared[i] for i in indices]), strict=True):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate(self, batch: list[_Prepared]) -> list[GenerationResult]:
+        started = time.perf_counter()
+        encoded = self.tokenizer([item.text for item in batch], return_tensors="pt", padding=True).to(self.device)
+        arrays = [item.pixel_values for item in batch if item.pixel_values is not None]
+        pixel_values = torch.from_numpy(np.concatenate(arrays)).to(self.device, self.dtype) if arrays else None
+        request = batch[0].request
+        sampling = (
+            {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p or 1.0}
+            if request.temperature > 0
+            else {"do_sample": False}
+        )
+        output = self.model.generate(
+            input_ids=encoded["input_ids"],
+            attention_mask=encoded["attention_mask"],
+            pixel_values=pixel_values,
+            max_new_tokens=request.max_new_tokens,
+            eos_token_id=self.stop_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **sampling,
+        )
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        inference_ms = (time.perf_counter() - started) * 1000
+        results = []
+        for row, item in enumerate(batch):
+            tokens = new_tokens[row].tolist()
+            if self.stop_token_id in tokens:
+                tokens = tokens[: tokens.index(self.stop_token_id) + 1]
+            tokens = [token for token in tokens if token != self.tokenizer.pad_token_id]
+            decoded = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            text = decoded.split(self.template.stop_token)[0].strip()
+            results.append(
+                GenerationResult(
+                    text=text,
+                    input_tokens=int(encoded["attention_mask"][row].sum()),
+                    output_tokens=len(tokens),
+                    tiles=item.tiles,
+                    preprocess_ms=item.preprocess_ms,
+                    inference_ms=inference_ms,
+                    boxes=self._boxes(item.request, text),
+                )
+            )
+        return results
+
+    @staticmethod
+    def _boxes(request: GenerationRequest, text: str) -> list[dict] | None:
+        if request.task != "grounding":
+            return None
+        image = request.images[0]
+        return [
+            box.as_dict()
+            for box in parse_boxes(text, width=image.width, height=image.height, default_label=request.prompt or "")
+        ]

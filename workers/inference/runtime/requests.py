@@ -1,0 +1,36 @@
+"""The runtime's batch-first interface: a list of requests in, a list of results out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+
+@dataclass
+class GenerationRequest:
+    task: str
+    prompt: str | None
+    images: list[Image.Image]
+    max_tiles: int = 12
+    max_tiles_total: int | None = None
+    multi_image: str = "numbered"
+    history: list[tuple[str, str]] = field(default_factory=list)
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float | None = None
+
+    def sampling_key(self) -> tuple:
+        """Requests with equal keys can share one ``generate`` call."""
+        return (self.max_new_tokens, self.temperature, self.top_p)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    tiles: int
+    preprocess_ms: float
+    inference_ms: float
+    boxes: list[dict] | None = None
