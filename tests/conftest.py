@@ -1,0 +1,119 @@
+"""Session fixtures: real PostgreSQL, Redis, a moto S3 server, and API + worker processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import boto3
+import httpx
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.support.services import (
+    REPO_ROOT,
+    Stack,
+    create_database,
+    drop_database,
+    free_port,
+    fresh_redis_url,
+    migrate,
+)
+
+BUCKET = "vlmq-test"
+TENANT_KEYS = {"acme": "key-acme-0123456789", "globex": "key-globex-0123456789"}
+MAX_UPLOAD_BYTES = 12 * 1024 * 1024
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from workers.inference.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "internvl-tiny")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    os.environ.update(AWS_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint):
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    name, url = create_database()
+    migrate(url)
+    yield url
+    drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def broker_url():
+    return fresh_redis_url()
+
+
+@pytest.fixture(scope="session")
+def stack_env(database_url, broker_url, s3_endpoint, tiny_model_dir):
+    return {
+        **os.environ,
+        **AWS_ENV,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "VLMQ_ENV": "development",
+        "VLMQ_DATABASE_URL": database_url,
+        "VLMQ_BROKER_URL": broker_url,
+        "VLMQ_STORAGE_URL": f"s3://{BUCKET}?endpoint_url={s3_endpoint}",
+        "VLMQ_MODEL_PATH": str(tiny_model_dir),
+        "VLMQ_MODEL_ID": "internvl-tiny",
+        "VLMQ_API_KEYS": ",".join(f"{tenant}:{key}" for tenant, key in TENANT_KEYS.items()),
+        "VLMQ_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "VLMQ_MAX_IMAGE_BYTES": str(4 * 1024 * 1024),
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env, tmp_path_factory):
+    running = Stack.start(stack_env, tmp_path_factory.mktemp("stack"))
+    yield running
+    running.stop()
+    for process in running.processes:
+        sys.stderr.write(f"--- {process.name} log tail ---\n{process.log_tail(15)}\n")
+
+
+def _client(stack: Stack, tenant: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}, timeout=60
+    )
+
+
+@pytest.fixture
+def acme(stack):
+    with _client(stack, "acme") as client:
+        yield client
+
+
+@pytest.fixture
+def globex(stack):
+    with _client(stack, "globex") as client:
+        yield client
+
+
+@pytest.fixture
+def anonymous(stack):
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        yield client

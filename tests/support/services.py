@@ -1,0 +1,154 @@
+"""Real services for the tests: PostgreSQL, Redis, a moto S3 server, API and worker processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import redis
+
+PG_ADMIN_DSN = os.environ.get("VLMQ_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_HOST_URL = os.environ.get("VLMQ_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def create_database() -> tuple[str, str]:
+    """A fresh PostgreSQL database; returns (name, SQLAlchemy URL)."""
+    name = f"vlmq_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return name, f"{base}/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def migrate(url: str, revision: str = "head", *, downgrade: bool = False) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    config.set_main_option("sqlalchemy.url", url)
+    config.attributes["configure_logger"] = False
+    (command.downgrade if downgrade else command.upgrade)(config, revision)
+
+
+def fresh_redis_url() -> str:
+    """A Redis database index of our own, emptied, so parallel suites do not share queues."""
+    db = 9
+    client = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
+    client.flushdb()
+    return f"{REDIS_HOST_URL}/{db}"
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> ManagedProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.alive():
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self._log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Stack:
+    """One API process and one inference worker process against the same services."""
+
+    env: dict[str, str]
+    api_url: str
+    data_dir: Path
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, env: dict[str, str], data_dir: Path, *, with_worker: bool = True) -> Stack:
+        port = free_port()
+        env = {**env, "VLMQ_API_PORT": str(port), "VLMQ_API_HOST": "127.0.0.1", "VLMQ_DATA_DIR": str(data_dir)}
+        stack = cls(env, f"http://127.0.0.1:{port}", data_dir)
+        stack.processes.append(
+            ManagedProcess("api", [sys.executable, "-m", "services.api"], env, data_dir / "api.log").start()
+        )
+        if with_worker:
+            stack.processes.append(
+                ManagedProcess(
+                    "worker",
+                    [
+                        sys.executable, "-m", "celery", "-A", "workers.inference.celery_app", "worker",
+                        "-Q", "vlmq.inference", "--concurrency", "1", "--pool", "prefork",
+                        "-n", f"test-{port}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                    ],
+                    env,
+                    data_dir / "worker.log",
+                ).start()
+            )
+        try:
+            wait_until(stack._ready, timeout_s=60, what="the API's /readyz")
+        except TimeoutError:
+            stack.stop()
+            raise RuntimeError(f"API did not start:\n{stack.processes[0].log_tail()}") from None
+        return stack
+
+    def _ready(self) -> bool:
+        if not self.processes[0].alive():
+            raise RuntimeError(f"API exited:\n{self.processes[0].log_tail()}")
+        try:
+            return httpx.get(f"{self.api_url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
