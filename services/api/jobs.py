@@ -133,9 +133,12 @@ def encode_cursor(job_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        job_id = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as error:
         raise ValidationFailed("invalid cursor", code="invalid_cursor") from error
+    if not job_id.startswith("job_"):
+        raise ValidationFailed("invalid cursor", code="invalid_cursor")
+    return job_id
 
 
 def list_jobs(
