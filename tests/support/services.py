@@ -116,6 +116,7 @@ class Stack:
     @classmethod
     def start(cls, env: dict[str, str], data_dir: Path, *, with_worker: bool = True) -> Stack:
         port = free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
         env = {**env, "VLMQ_API_PORT": str(port), "VLMQ_API_HOST": "127.0.0.1", "VLMQ_DATA_DIR": str(data_dir)}
         stack = cls(env, f"http://127.0.0.1:{port}", data_dir)
         stack.processes.append(
