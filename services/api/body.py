@@ -6,16 +6,19 @@ import json
 
 from fastapi import Request
 from pydantic import ValidationError
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from services.api.errors import NotFound, UnsupportedMedia, ValidationFailed
 from services.api.ingest import MediaIngest, StoredMedia, inspect_stored_object
-from services.api.jobs import check_media_fits_task, known_media
+from services.api.submission import check_media_fits_task, known_media
 from services.api.multipart import discard_new_media, parse_media_form
 from services.api.schemas import InputRef, JobCreate, JobSpec
 from shared.config.settings import ApiSettings
-from shared.db.engine import session_scope
-from shared.db.models import Upload, utcnow
+from shared.db.engine import get_engine
+from shared.db.models import Upload
+
+uploads_table = Upload.__table__
 from shared.storage import ObjectNotFound, ObjectStore, tenant_prefix, upload_key
 
 MAX_JSON_BODY = 1024 * 1024
@@ -87,18 +90,31 @@ class JobBodyReader:
         except ValidationError as error:
             raise _validation_details(error) from error
         refs = create.input.refs() if create.input else []
-        media = [await self._resolve(ref) for ref in refs]
+        if any(ref.url is not None for ref in refs):
+            raise ValidationFailed("media by URL is not supported yet; upload it instead", code="unsupported_input")
+        keys, known = await run_in_threadpool(self._lookup, refs)
+        media = [known.get(key) or await self._inspect(key) for key in keys]
         return JobSpec.model_validate(create.model_dump(exclude={"input"})), media
 
-    async def _resolve(self, ref: InputRef) -> StoredMedia:
-        if ref.url is not None:
-            raise ValidationFailed("media by URL is not supported yet; upload it instead", code="unsupported_input")
-        key = ref.object_key or await run_in_threadpool(self._upload_object_key, ref.upload_id)
-        if not key.startswith(tenant_prefix(self.tenant_id)):
-            raise NotFound(f"no object {key!r} in your storage", code="object_not_found")
-        media = await run_in_threadpool(self._known_media, key)
-        if media is not None:
-            return media
+    def _lookup(self, refs: list[InputRef]) -> tuple[list[str], dict[str, StoredMedia]]:
+        """Object keys of the refs (uploads resolved) and what the media table knows of them."""
+        prefix = tenant_prefix(self.tenant_id)
+        with get_engine(self.settings.resolved_database_url).connect() as connection:
+            keys = []
+            for ref in refs:
+                if ref.upload_id is not None:
+                    owner = connection.scalar(select(uploads_table.c.tenant_id).where(uploads_table.c.id == ref.upload_id))
+                    if owner != self.tenant_id:
+                        raise NotFound(f"no upload {ref.upload_id}", code="upload_not_found")
+                    keys.append(upload_key(self.tenant_id, ref.upload_id))
+                elif not ref.object_key.startswith(prefix):
+                    raise NotFound(f"no object {ref.object_key!r} in your storage", code="object_not_found")
+                else:
+                    keys.append(ref.object_key)
+            return keys, known_media(connection, self.tenant_id, keys) if keys else {}
+
+    async def _inspect(self, key: str) -> StoredMedia:
+        """An object the API has not seen (written to storage directly): read it through the checks."""
         try:
             return await inspect_stored_object(
                 self.store, key,
@@ -107,17 +123,3 @@ class JobBodyReader:
         except ObjectNotFound as error:
             raise NotFound(f"no object {key!r} in your storage", code="object_not_found") from error
 
-    def _known_media(self, key: str) -> StoredMedia | None:
-        with session_scope(self.settings.resolved_database_url) as session:
-            return known_media(session, self.tenant_id, key)
-
-    def _upload_object_key(self, upload_id: str | None) -> str:
-        with session_scope(self.settings.resolved_database_url) as session:
-            upload = session.get(Upload, upload_id)
-            if upload is None or upload.tenant_id != self.tenant_id:
-                raise NotFound(f"no upload {upload_id}", code="upload_not_found")
-            return upload_key(self.tenant_id, upload.id)
-
-
-def expired(upload: Upload) -> bool:
-    return upload.expires_at < utcnow()

@@ -35,6 +35,8 @@ class StoredMedia:
     duration_s: float | None = None
     fps: float | None = None
     newly_stored: bool = field(default=False, compare=False)
+    # True when this description came from the media table (nothing to record again).
+    recorded: bool = field(default=False, compare=False)
 
     @property
     def is_image(self) -> bool:

@@ -79,6 +79,7 @@ class ApiSettings(CommonSettings):
     api_keys: str = Field(default="", description="Comma-separated tenant:key pairs.")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_workers: int = Field(default=1, ge=1, description="API server processes.")
     max_upload_bytes: int = Field(default=2048 * MiB, description="Largest accepted media file.")
     max_image_bytes: int = Field(default=64 * MiB, description="Largest accepted image file.")
     upload_url_ttl_s: int = 3600

@@ -58,10 +58,12 @@ def create_celery(settings: CommonSettings, *, name: str = "vlmq") -> Celery:
         folder = settings.data_dir.resolve() / "broker"
         (folder / "out").mkdir(parents=True, exist_ok=True)
         (folder / "processed").mkdir(parents=True, exist_ok=True)
+        (folder / "control").mkdir(parents=True, exist_ok=True)
         app.conf.broker_transport_options = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # default is ./control in the working directory
             "store_processed": False,
         }
     return app

@@ -10,11 +10,12 @@ from starlette.concurrency import run_in_threadpool
 from services.api.body import JobBodyReader
 from services.api.deps import CatalogDep, CeleryDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from services.api.ingest import StoredMedia
-from services.api.jobs import enqueue_job, get_job, insert_job, job_public, list_jobs
+from services.api.jobs import get_job, job_public, list_jobs
 from services.api.multipart import discard_new_media
 from services.api.planning import plan_job
 from services.api.schemas import JobPublic, JobSpec, JobsPublic, PlanPublic
-from shared.db.engine import session_scope
+from services.api.submission import enqueue_job, insert_job, public_from_row
+from shared.db.engine import get_engine
 from shared.jobs import JobStatus, JobTask
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -65,10 +66,10 @@ async def create_job(
 def _create_and_enqueue(
     database_url: str, celery, tenant: str, spec: JobSpec, model_id: str, media: list[StoredMedia]
 ) -> JobPublic:
-    with session_scope(database_url) as session:
-        job = insert_job(session, tenant_id=tenant, spec=spec, model_id=model_id, media=media)
-        enqueue_job(session, celery, job)
-        return job_public(session, job)
+    with get_engine(database_url).begin() as connection:
+        row = insert_job(connection, tenant_id=tenant, spec=spec, model_id=model_id, media=media)
+    enqueue_job(celery, database_url, row)
+    return public_from_row(row)
 
 
 @router.post("/plan", response_model=PlanPublic, openapi_extra=_BODY_DOC)

@@ -1,0 +1,57 @@
+"""Start what a benchmark needs on loopback: PostgreSQL database, Redis, an S3 server, the API."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from tests.support.services import REPO_ROOT, Stack, create_database, drop_database, free_port, fresh_redis_url, migrate
+
+API_KEY = "bench-key-0123456789"
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def s3_server(bucket: str = "vlmq-bench"):
+    os.environ.update(AWS_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    try:
+        yield f"s3://{bucket}?endpoint_url={endpoint}"
+    finally:
+        server.stop()
+
+
+@contextmanager
+def api_stack(data_dir: Path, *, storage_url: str | None = None, postgres: bool = True, extra: dict | None = None):
+    """The API alone (no worker): jobs stay queued, which is what submission benchmarks want."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = create_database() if postgres else None
+    database_url = database[1] if database else f"sqlite:///{data_dir / 'vlmq.db'}"
+    migrate(database_url)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VLMQ_")}
+    env.update(AWS_ENV)
+    env.update(
+        {
+            "PYTHONPATH": str(REPO_ROOT),
+            "VLMQ_DATABASE_URL": database_url,
+            "VLMQ_BROKER_URL": fresh_redis_url(),
+            "VLMQ_API_KEYS": f"bench:{API_KEY}",
+            **({"VLMQ_STORAGE_URL": storage_url} if storage_url else {}),
+            **(extra or {}),
+        }
+    )
+    stack = Stack.start(env, data_dir, with_worker=False)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        if database:
+            drop_database(database[0])
