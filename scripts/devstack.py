@@ -67,6 +67,7 @@ def up(settings: ApiSettings) -> str:
             check=True, env=env,
         )
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], check=True, env=env)
+    (run_dir / "sample.png").write_bytes(sample_image())  # for the README's curl examples
     for name, command in PROCESSES.items():
         pid_file = run_dir / f"{name}.pid"
         if pid_file.exists() and _alive(int(pid_file.read_text())):

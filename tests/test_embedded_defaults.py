@@ -46,3 +46,28 @@ def test_a_job_runs_on_embedded_defaults_with_a_local_upload_url(embedded_stack)
             assert job["status"] == "succeeded", job["error"]
     assert (data_dir / "vlmq.db").exists()
     assert any((data_dir / "storage" / "tenants" / "dev" / "media").iterdir())
+
+
+def test_a_checkpoint_vlmq_cannot_load_fails_jobs_with_a_reason(tmp_path):
+    # given a model directory in the original (remote-code) InternVL format, not yet convertible
+    model_dir = tmp_path / "InternVL2-1B"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "internvl_chat", "template": "Hermes-2"}')
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VLMQ_")}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "VLMQ_MODEL_PATH": str(model_dir), "VLMQ_BROKER_URL": "filesystem://"})
+    migrate(f"sqlite:///{tmp_path / 'data' / 'vlmq.db'}")
+    stack = Stack.start(env, tmp_path / "data")
+    try:
+        key = (tmp_path / "data" / "api-key").read_text().strip()
+        with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+            # when a plan is asked for and a job is submitted
+            plan = submit(client, {"task": "caption"}, png_bytes(), path="/v1/jobs/plan")
+            job = wait_for_job(client, submit(client, {"task": "caption"}, png_bytes()).json()["id"])
+
+        # then both name what was found instead of crashing
+        assert plan.status_code == 503 and plan.json()["error"]["code"] == "model_unavailable"
+        assert "internvl_chat" in plan.json()["error"]["message"]
+        assert job["status"] == "failed" and job["error"]["code"] == "model_unavailable"
+        assert "internvl_chat" in job["error"]["message"]
+    finally:
+        stack.stop()

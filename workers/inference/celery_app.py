@@ -13,27 +13,36 @@ from shared.config.settings import get_worker_settings
 from shared.jobs.states import JobTask
 from shared.queue import create_celery, task_name_for
 from shared.storage import open_store
-from workers.inference.execute import execute_job
+from workers.inference.execute import JobFailure, execute_job
 
 log = logging.getLogger("vlmq.worker")
 settings = get_worker_settings()
 app = create_celery(settings, name="vlmq-inference")
 
 _runtime = None
+_load_error: str | None = None
 
 
 @worker_process_init.connect
 def load_model(**_kwargs) -> None:
-    global _runtime
+    """A model that cannot load fails the jobs that need it, with the reason; it does not put the
+    pool into a crash loop."""
+    global _runtime, _load_error
     from workers.inference.runtime.model import InternVLRuntime  # torch only in worker processes
 
     log.info("loading %s from %s", settings.resolved_model_id, settings.resolved_model_path)
-    _runtime = InternVLRuntime.load(settings.resolved_model_path, device=settings.device, dtype=settings.dtype)
+    try:
+        _runtime = InternVLRuntime.load(settings.resolved_model_path, device=settings.device, dtype=settings.dtype)
+    except Exception as error:  # any loader failure: bad directory, bad weights, out of memory
+        log.exception("model %s could not be loaded", settings.resolved_model_id)
+        _load_error = f"{type(error).__name__}: {error}"
 
 
 def _run_batch(requests):
-    if _runtime is None:  # a solo pool has no fork: load on first use
+    if _runtime is None and _load_error is None:  # a solo pool has no fork: load on first use
         load_model()
+    if _runtime is None:
+        raise JobFailure("model_unavailable", f"the model could not be loaded: {_load_error}"[:500])
     return _runtime.run(requests)
 
 
