@@ -42,7 +42,7 @@ def api_stack(data_dir: Path, *, storage_url: str | None = None, postgres: bool 
         {
             "PYTHONPATH": str(REPO_ROOT),
             "VLMQ_DATABASE_URL": database_url,
-            "VLMQ_BROKER_URL": fresh_redis_url(),
+            "VLMQ_BROKER_URL": fresh_redis_url(db=10),
             "VLMQ_API_KEYS": f"bench:{API_KEY}",
             **({"VLMQ_STORAGE_URL": storage_url} if storage_url else {}),
             **(extra or {}),

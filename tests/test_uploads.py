@@ -43,3 +43,28 @@ def test_an_upload_that_was_never_put_is_404(acme):
 def test_an_upload_larger_than_the_limit_is_refused_up_front(acme):
     response = acme.post("/v1/uploads", json={"filename": "a.mp4", "content_type": "video/mp4", "size_bytes": 10**12})
     assert response.status_code == 413 and response.json()["error"]["code"] == "media_too_large"
+
+
+def test_an_object_written_to_storage_directly_is_inspected_then_used(acme, s3_client):
+    # given an image put into the tenant's storage without the API
+    from tests.conftest import BUCKET
+
+    image = jpeg_bytes(123, 45)
+    s3_client.put_object(Bucket=BUCKET, Key="tenants/acme/direct/photo.bin", Body=image)
+
+    # when a JSON job names its key
+    created = acme.post("/v1/jobs", json={"task": "caption", "input": {"object_key": "tenants/acme/direct/photo.bin"}, "options": {"max_new_tokens": 2}})
+
+    # then the API read it through the same checks as an upload, and the job runs
+    assert created.status_code == 202, created.text
+    item = created.json()["input"]["items"][0]
+    assert (item["content_type"], item["width"], item["height"], item["size_bytes"]) == ("image/jpeg", 123, 45, len(image))
+    assert wait_for_job(acme, created.json()["id"])["status"] == "succeeded"
+
+
+def test_a_directly_written_file_that_is_not_media_is_415(acme, s3_client):
+    from tests.conftest import BUCKET
+
+    s3_client.put_object(Bucket=BUCKET, Key="tenants/acme/direct/notes.txt", Body=b"just some notes, not an image")
+    response = acme.post("/v1/jobs", json={"task": "caption", "input": {"object_key": "tenants/acme/direct/notes.txt"}})
+    assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media"

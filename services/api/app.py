@@ -12,6 +12,7 @@ from services.api.auth import KeyRing, load_key_ring
 from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
 from services.api.routes import health, jobs, models, uploads
+from services.api.submitter import JobSubmitter
 from shared.config.settings import ApiSettings, get_api_settings
 from shared.db.engine import session_scope
 from shared.db.models import ApiKey, Tenant
@@ -38,7 +39,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         with session_scope(settings.resolved_database_url) as session:
             sync_tenants(session, app.state.key_ring)
+        app.state.submitter = JobSubmitter(database_url=settings.resolved_database_url, celery=app.state.celery)
         yield
+        app.state.submitter.close()
 
     app = FastAPI(title="vlmq", version="0.1.0", lifespan=lifespan, description="InternVL as asynchronous jobs.")
     app.state.settings = settings

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from pydantic import ValidationError
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from services.api.errors import NotFound, UnsupportedMedia, ValidationFailed
 from services.api.ingest import MediaIngest, StoredMedia, inspect_stored_object
-from services.api.submission import check_media_fits_task, known_media
 from services.api.multipart import discard_new_media, parse_media_form
 from services.api.schemas import InputRef, JobCreate, JobSpec
+from services.api.submission import check_media_fits_task, known_media, object_keys_for
 from shared.config.settings import ApiSettings
 from shared.db.engine import get_engine
-from shared.db.models import Upload
-
-uploads_table = Upload.__table__
-from shared.storage import ObjectNotFound, ObjectStore, tenant_prefix, upload_key
+from shared.storage import ObjectNotFound, ObjectStore
 
 MAX_JSON_BODY = 1024 * 1024
 
@@ -32,28 +29,38 @@ def _validation_details(error: ValidationError) -> ValidationFailed:
     return ValidationFailed(message, details={"errors": problems})
 
 
+@dataclass
+class JobBody:
+    """A job request as read: its media already stored (multipart) or still named by refs (JSON)."""
+
+    spec: JobSpec
+    media: list[StoredMedia] | None = None
+    refs: list[InputRef] = field(default_factory=list)
+
+
 class JobBodyReader:
-    """``store=True`` keeps uploaded files (job creation); False only inspects them (plans)."""
+    """``keep_files=True`` stores uploaded files (job creation); False only inspects them (plans)."""
 
     def __init__(self, *, settings: ApiSettings, store: ObjectStore, tenant_id: str, keep_files: bool) -> None:
         self.settings, self.store, self.tenant_id, self.keep_files = settings, store, tenant_id, keep_files
 
-    async def read(self, request: Request) -> tuple[JobSpec, list[StoredMedia]]:
+    async def read(self, request: Request) -> JobBody:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
-            spec, media = await self._read_multipart(request)
-        elif content_type in ("application/json", ""):
-            spec, media = await self._read_json(request)
-        else:
-            raise UnsupportedMedia(
-                "send application/json or multipart/form-data", code="unsupported_content_type"
-            )
-        try:
-            check_media_fits_task(spec, media)
-        except ValidationFailed:
-            await run_in_threadpool(discard_new_media, self.store, media)
-            raise
-        return spec, media
+            return await self._read_multipart(request)
+        if content_type in ("application/json", ""):
+            return await self._read_json(request)
+        raise UnsupportedMedia("send application/json or multipart/form-data", code="unsupported_content_type")
+
+    async def read_resolved(self, request: Request) -> tuple[JobSpec, list[StoredMedia]]:
+        """The body with every ref resolved to media (the plan endpoint; job creation batches this)."""
+        body = await self.read(request)
+        if body.media is not None:
+            return body.spec, body.media
+        keys, known = await run_in_threadpool(self._lookup, body.refs)
+        media = [known.get(key) or await self.inspect(key) for key in keys]
+        check_media_fits_task(body.spec, media)
+        return body.spec, media
 
     def _new_ingest(self) -> MediaIngest:
         return MediaIngest(
@@ -63,7 +70,7 @@ class JobBodyReader:
             max_image_bytes=self.settings.max_image_bytes,
         )
 
-    async def _read_multipart(self, request: Request) -> tuple[JobSpec, list[StoredMedia]]:
+    async def _read_multipart(self, request: Request) -> JobBody:
         text, media = await parse_media_form(request, new_ingest=self._new_ingest, store=self.store)
         try:
             if text is None:
@@ -74,12 +81,13 @@ class JobBodyReader:
                 raise ValidationFailed(f"the request part is not JSON: {error}") from error
             except ValidationError as error:
                 raise _validation_details(error) from error
+            check_media_fits_task(spec, media)
         except ValidationFailed:
             await run_in_threadpool(discard_new_media, self.store, media)
             raise
-        return spec, media
+        return JobBody(spec, media=media)
 
-    async def _read_json(self, request: Request) -> tuple[JobSpec, list[StoredMedia]]:
+    async def _read_json(self, request: Request) -> JobBody:
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -92,28 +100,18 @@ class JobBodyReader:
         refs = create.input.refs() if create.input else []
         if any(ref.url is not None for ref in refs):
             raise ValidationFailed("media by URL is not supported yet; upload it instead", code="unsupported_input")
-        keys, known = await run_in_threadpool(self._lookup, refs)
-        media = [known.get(key) or await self._inspect(key) for key in keys]
-        return JobSpec.model_validate(create.model_dump(exclude={"input"})), media
+        spec = JobSpec.model_validate(create.model_dump(exclude={"input"}))
+        if not refs:
+            check_media_fits_task(spec, [])
+            return JobBody(spec, media=[])
+        return JobBody(spec, refs=refs)
 
     def _lookup(self, refs: list[InputRef]) -> tuple[list[str], dict[str, StoredMedia]]:
-        """Object keys of the refs (uploads resolved) and what the media table knows of them."""
-        prefix = tenant_prefix(self.tenant_id)
         with get_engine(self.settings.resolved_database_url).connect() as connection:
-            keys = []
-            for ref in refs:
-                if ref.upload_id is not None:
-                    owner = connection.scalar(select(uploads_table.c.tenant_id).where(uploads_table.c.id == ref.upload_id))
-                    if owner != self.tenant_id:
-                        raise NotFound(f"no upload {ref.upload_id}", code="upload_not_found")
-                    keys.append(upload_key(self.tenant_id, ref.upload_id))
-                elif not ref.object_key.startswith(prefix):
-                    raise NotFound(f"no object {ref.object_key!r} in your storage", code="object_not_found")
-                else:
-                    keys.append(ref.object_key)
-            return keys, known_media(connection, self.tenant_id, keys) if keys else {}
+            keys = object_keys_for(connection, self.tenant_id, refs)
+            return keys, known_media(connection, self.tenant_id, keys)
 
-    async def _inspect(self, key: str) -> StoredMedia:
+    async def inspect(self, key: str) -> StoredMedia:
         """An object the API has not seen (written to storage directly): read it through the checks."""
         try:
             return await inspect_stored_object(
@@ -122,4 +120,3 @@ class JobBodyReader:
             )
         except ObjectNotFound as error:
             raise NotFound(f"no object {key!r} in your storage", code="object_not_found") from error
-

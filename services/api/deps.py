@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session
 from services.api.auth import KeyRing
 from services.api.catalog import ModelCatalog
 from services.api.errors import Unauthorized
+from services.api.submitter import JobSubmitter
 from shared.config.settings import ApiSettings
 from shared.db.engine import get_sessionmaker
 from shared.storage import ObjectStore
@@ -49,11 +49,11 @@ async def get_store(request: Request) -> ObjectStore:
 StorageDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-async def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+async def get_submitter(request: Request) -> JobSubmitter:
+    return request.app.state.submitter
 
 
-CeleryDep = Annotated[Celery, Depends(get_celery)]
+SubmitterDep = Annotated[JobSubmitter, Depends(get_submitter)]
 
 
 async def get_catalog(request: Request) -> ModelCatalog:

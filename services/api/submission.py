@@ -1,32 +1,28 @@
-"""The write path of ``POST /v1/jobs``: media rows, the job row, the enqueue.
+"""The rows ``POST /v1/jobs`` writes: which media are known, what the new job and media rows are.
 
-It is the API's hot path, so it speaks SQLAlchemy Core on one connection: one query to learn known
-media, one transaction to write media and job, one broker publish. Status changes after creation
-belong to ``shared.jobs``.
+It is the API's hot path, so it speaks SQLAlchemy Core; ``submitter`` writes the rows and enqueues.
+Status changes after creation belong to ``shared.jobs``.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from celery import Celery
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from services.api.errors import DependencyDown, ValidationFailed
+from services.api.errors import NotFound, ValidationFailed
 from services.api.ingest import StoredMedia
-from services.api.schemas import JobPublic, JobSpec
-from shared.db.engine import session_scope
-from shared.db.models import Job, Media, utcnow
+from services.api.schemas import InputRef, JobPublic, JobSpec
+from shared.db.models import Job, Media, Upload, utcnow
 from shared.ids import new_id
-from shared.jobs import JobStatus, JobTask, StaleTransition, fail_job
-from shared.queue import INFERENCE_QUEUE, task_name_for
+from shared.jobs import JobStatus, JobTask
+from shared.storage import tenant_prefix, upload_key
 
-log = logging.getLogger("vlmq.api")
 media_table = Media.__table__
 jobs_table = Job.__table__
+uploads_table = Upload.__table__
 _MEDIA_FIELDS = ("object_key", "content_type", "size_bytes", "sha256", "width", "height", "duration_s", "fps")
 
 
@@ -41,8 +37,27 @@ def check_media_fits_task(spec: JobSpec, media: list[StoredMedia]) -> None:
         raise ValidationFailed(f"task {spec.task.value} needs at least one image", code="invalid_input")
 
 
+def object_keys_for(connection: Connection, tenant_id: str, refs: list[InputRef]) -> list[str]:
+    """The storage keys refs name; uploads and keys of other tenants do not exist for this one."""
+    prefix = tenant_prefix(tenant_id)
+    keys = []
+    for ref in refs:
+        if ref.upload_id is not None:
+            owner = connection.scalar(select(uploads_table.c.tenant_id).where(uploads_table.c.id == ref.upload_id))
+            if owner != tenant_id:
+                raise NotFound(f"no upload {ref.upload_id}", code="upload_not_found")
+            keys.append(upload_key(tenant_id, ref.upload_id))
+        elif not ref.object_key.startswith(prefix):
+            raise NotFound(f"no object {ref.object_key!r} in your storage", code="object_not_found")
+        else:
+            keys.append(ref.object_key)
+    return keys
+
+
 def known_media(connection: Connection, tenant_id: str, object_keys: list[str]) -> dict[str, StoredMedia]:
     """What the media table already knows of these keys, in one query."""
+    if not object_keys:
+        return {}
     columns = [media_table.c[name] for name in _MEDIA_FIELDS]
     rows = connection.execute(
         select(*columns).where(media_table.c.tenant_id == tenant_id, media_table.c.object_key.in_(object_keys))
@@ -50,21 +65,19 @@ def known_media(connection: Connection, tenant_id: str, object_keys: list[str]) 
     return {row.object_key: StoredMedia(*row, recorded=True) for row in rows}
 
 
-def _insert_media_ignoring_duplicates(connection: Connection):
+def insert_media_ignoring_duplicates(connection: Connection):
     """INSERT … ON CONFLICT DO NOTHING: content-addressed rows may race benignly."""
     dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
     return dialect_insert(media_table).on_conflict_do_nothing()
 
 
-def insert_job(
-    connection: Connection, *, tenant_id: str, spec: JobSpec, model_id: str, media: list[StoredMedia]
-) -> dict[str, Any]:
-    """Media rows and the job row in the caller's transaction: a job never points at unknown media."""
+def job_rows(
+    *, tenant_id: str, spec: JobSpec, model_id: str, media: list[StoredMedia]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The job row and the media rows not yet recorded, for one transaction (``JobSubmitter``)."""
     now = utcnow()
     new_media = [{"tenant_id": tenant_id, "created_at": now, **item.as_input_item()} for item in media if not item.recorded]
-    if new_media:
-        connection.execute(_insert_media_ignoring_duplicates(connection), new_media)
-    row = {
+    job = {
         "id": new_id("job"),
         "tenant_id": tenant_id,
         "status": JobStatus.queued.value,
@@ -83,26 +96,8 @@ def insert_job(
         "started_at": None,
         "finished_at": None,
     }
-    connection.execute(insert(jobs_table), row)
-    return row
+    return job, new_media
 
 
 def public_from_row(row: dict[str, Any]) -> JobPublic:
     return JobPublic.model_validate({**row, "result": None})
-
-
-def enqueue_job(celery: Celery, database_url: str, row: dict[str, Any]) -> None:
-    """Ring the broker's doorbell; if it cannot be reached the job fails visibly, not silently."""
-    try:
-        celery.send_task(task_name_for(row["task"]), args=[row["id"]], queue=INFERENCE_QUEUE, retry=False)
-    except Exception as error:  # kombu raises several unrelated types for a broker that is down
-        log.error("could not enqueue %s: %s", row["id"], error)
-        try:
-            with session_scope(database_url) as session:
-                fail_job(
-                    session, row["id"], from_status=JobStatus.queued, attempt=0, code="queue_unavailable",
-                    message="the job queue could not be reached",
-                )
-        except StaleTransition:
-            pass
-        raise DependencyDown("the job queue is not reachable; the job was not started") from error

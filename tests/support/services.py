@@ -61,9 +61,8 @@ def migrate(url: str, revision: str = "head", *, downgrade: bool = False) -> Non
     (command.downgrade if downgrade else command.upgrade)(config, revision)
 
 
-def fresh_redis_url() -> str:
-    """A Redis database index of our own, emptied, so parallel suites do not share queues."""
-    db = 9
+def fresh_redis_url(db: int = 9) -> str:
+    """A Redis database index of our own, emptied: the suite uses 9, benchmarks 10, the dev stack 0."""
     client = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}")
     client.flushdb()
     return f"{REDIS_HOST_URL}/{db}"

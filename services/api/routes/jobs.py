@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.api.body import JobBodyReader
-from services.api.deps import CatalogDep, CeleryDep, SessionDep, SettingsDep, StorageDep, TenantDep
-from services.api.ingest import StoredMedia
+from services.api.deps import CatalogDep, SessionDep, SettingsDep, StorageDep, SubmitterDep, TenantDep
 from services.api.jobs import get_job, job_public, list_jobs
 from services.api.multipart import discard_new_media
 from services.api.planning import plan_job
-from services.api.schemas import JobPublic, JobSpec, JobsPublic, PlanPublic
-from services.api.submission import enqueue_job, insert_job, public_from_row
-from shared.db.engine import get_engine
+from services.api.schemas import JobPublic, JobsPublic, PlanPublic
+from services.api.submission import public_from_row
+from services.api.submitter import Submission, Unresolved
 from shared.jobs import JobStatus, JobTask
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -48,28 +49,23 @@ async def create_job(
     tenant: TenantDep,
     settings: SettingsDep,
     store: StorageDep,
-    celery: CeleryDep,
+    submitter: SubmitterDep,
     catalog: CatalogDep,
 ) -> JobPublic:
     reader = JobBodyReader(settings=settings, store=store, tenant_id=tenant, keep_files=True)
-    spec, media = await reader.read(request)
+    body = await reader.read(request)
     try:
-        model_id = catalog.resolve(spec.model)
+        model_id = catalog.resolve(body.spec.model)
     except Exception:
-        await run_in_threadpool(discard_new_media, store, media)
+        await run_in_threadpool(discard_new_media, store, body.media or [])
         raise
-    job = await run_in_threadpool(_create_and_enqueue, settings.resolved_database_url, celery, tenant, spec, model_id, media)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job
-
-
-def _create_and_enqueue(
-    database_url: str, celery, tenant: str, spec: JobSpec, model_id: str, media: list[StoredMedia]
-) -> JobPublic:
-    with get_engine(database_url).begin() as connection:
-        row = insert_job(connection, tenant_id=tenant, spec=spec, model_id=model_id, media=media)
-    enqueue_job(celery, database_url, row)
-    return public_from_row(row)
+    submission = Submission(tenant, body.spec, model_id, media=body.media, refs=body.refs)
+    outcome = await asyncio.wrap_future(submitter.submit(submission))
+    if isinstance(outcome, Unresolved):  # objects written to storage directly: inspect them once
+        media = [known or await reader.inspect(key) for key, known in zip(outcome.keys, outcome.media, strict=True)]
+        outcome = await asyncio.wrap_future(submitter.submit(Submission(tenant, body.spec, model_id, media=media)))
+    response.headers["Location"] = f"/v1/jobs/{outcome['id']}"
+    return public_from_row(outcome)
 
 
 @router.post("/plan", response_model=PlanPublic, openapi_extra=_BODY_DOC)
@@ -77,7 +73,7 @@ async def plan(
     request: Request, tenant: TenantDep, settings: SettingsDep, store: StorageDep, catalog: CatalogDep
 ) -> PlanPublic:
     reader = JobBodyReader(settings=settings, store=store, tenant_id=tenant, keep_files=False)
-    spec, media = await reader.read(request)
+    spec, media = await reader.read_resolved(request)
     model_id = catalog.resolve(spec.model)
     return plan_job(spec, media, model_id=model_id, checkpoint=catalog.checkpoint(model_id))
 

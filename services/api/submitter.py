@@ -1,0 +1,191 @@
+"""Group commits for job submission: one thread resolves, writes and enqueues many requests' jobs.
+
+Each request hands its job to the submitter and awaits it. The submitter thread takes every job
+waiting, resolves their media refs and inserts their rows in one transaction on one connection, then
+rings the broker once per job with one held producer. Under load a batch holds many jobs, so the
+commit, the producer checkout and the hand-offs between threads are paid once per batch; when idle a
+batch is one job and nothing waits for company. The request's own thread does no database work.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import insert
+
+from services.api.errors import ApiError, DependencyDown
+from services.api.ingest import StoredMedia
+from services.api.schemas import InputRef, JobSpec
+from services.api.submission import (
+    check_media_fits_task,
+    insert_media_ignoring_duplicates,
+    job_rows,
+    jobs_table,
+    known_media,
+    object_keys_for,
+)
+from shared.db.engine import get_engine, session_scope
+from shared.jobs import JobStatus, StaleTransition, fail_job
+from shared.queue import INFERENCE_QUEUE, task_name_for
+
+log = logging.getLogger("vlmq.api")
+MAX_BATCH = 64
+
+
+@dataclass
+class Unresolved:
+    """Some refs name objects the API has never seen: the caller inspects those and submits again."""
+
+    keys: list[str]
+    media: list[StoredMedia | None]
+
+
+@dataclass
+class Submission:
+    tenant_id: str
+    spec: JobSpec
+    model_id: str
+    media: list[StoredMedia] | None = None  # known media, or None to resolve ``refs``
+    refs: list[InputRef] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # the refs' storage keys, once resolved
+    done: Future = field(default_factory=Future)
+    rows: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+
+
+class JobSubmitter:
+    def __init__(self, *, database_url: str, celery: Celery) -> None:
+        self._database_url, self._celery = database_url, celery
+        self._pending: queue.SimpleQueue[Submission | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="vlmq-submitter", daemon=True)
+        self._thread.start()
+
+    def submit(self, submission: Submission) -> Future:
+        """A future of the job row, an ``Unresolved``, or an ``ApiError``."""
+        self._pending.put(submission)
+        return submission.done
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._pending.put(None)  # finish this batch, then stop
+                    break
+                batch.append(item)
+            try:
+                self._process(batch)
+            except Exception as error:  # never leave a request waiting forever
+                log.exception("job submission batch failed")
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(DependencyDown(f"the job could not be created: {type(error).__name__}"))
+
+    def _process(self, batch: list[Submission]) -> None:
+        try:
+            with get_engine(self._database_url).begin() as connection:
+                known = self._known_media_of(connection, batch)
+                ready = [item for item in batch if self._prepare(item, known)]
+                media_rows = [row for item in ready for row in item.rows[1]]
+                if media_rows:
+                    connection.execute(insert_media_ignoring_duplicates(connection), media_rows)
+                if ready:
+                    connection.execute(insert(jobs_table), [item.rows[0] for item in ready])
+        except Exception as error:  # the database refused or is down: none of these jobs exists
+            log.error("could not write %d jobs: %s", len(batch), error)
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(DependencyDown("the database is not reachable; the job was not created"))
+            return
+        if ready:
+            self._enqueue_all(ready)
+
+    def _known_media_of(self, connection, batch: list[Submission]) -> dict[tuple[str, str], StoredMedia]:
+        """Resolve every item's refs to keys, then learn all known media with one query per tenant."""
+        keys_by_tenant: dict[str, set[str]] = {}
+        for item in batch:
+            if item.media is not None:
+                continue
+            try:
+                item.keys = object_keys_for(connection, item.tenant_id, item.refs)
+            except ApiError as error:
+                item.done.set_exception(error)
+                continue
+            keys_by_tenant.setdefault(item.tenant_id, set()).update(item.keys)
+        return {
+            (tenant, key): media
+            for tenant, keys in keys_by_tenant.items()
+            for key, media in known_media(connection, tenant, sorted(keys)).items()
+        }
+
+    def _prepare(self, item: Submission, known: dict[tuple[str, str], StoredMedia]) -> bool:
+        """Build the item's rows; False when it is already answered (an error, or media to inspect)."""
+        if item.done.done():
+            return False
+        media = item.media
+        if media is None:
+            found = [known.get((item.tenant_id, key)) for key in item.keys]
+            if None in found:
+                item.done.set_result(Unresolved(item.keys, found))
+                return False
+            media = found
+        try:
+            check_media_fits_task(item.spec, media)
+        except ApiError as error:
+            item.done.set_exception(error)
+            return False
+        item.rows = job_rows(tenant_id=item.tenant_id, spec=item.spec, model_id=item.model_id, media=media)
+        return True
+
+    def _enqueue_all(self, ready: list[Submission]) -> None:
+        try:
+            with self._celery.producer_or_acquire() as producer:
+                for item in ready:
+                    self._enqueue(item, producer)
+        except Exception as error:  # no producer at all: the broker is down
+            for item in ready:
+                if not item.done.done():
+                    self._fail(item, error)
+
+    def _enqueue(self, item: Submission, producer) -> None:
+        row = item.rows[0]
+        try:
+            self._celery.send_task(
+                task_name_for(row["task"]), args=[row["id"]], queue=INFERENCE_QUEUE, producer=producer, retry=False
+            )
+        except Exception as error:  # kombu raises several unrelated types for a broker that is down
+            self._fail(item, error)
+            return
+        item.done.set_result(row)
+
+    def _fail(self, item: Submission, error: Exception) -> None:
+        """The row exists but no message does: fail the job visibly instead of leaving it queued."""
+        job_id = item.rows[0]["id"]
+        log.error("could not enqueue %s: %s", job_id, error)
+        try:
+            with session_scope(self._database_url) as session:
+                fail_job(
+                    session, job_id, from_status=JobStatus.queued, attempt=0,
+                    code="queue_unavailable", message="the job queue could not be reached",
+                )
+        except StaleTransition:
+            pass  # someone else already moved it
+        except Exception:  # the 503 below is what the client must see either way
+            log.exception("could not mark %s failed", job_id)
+        item.done.set_exception(DependencyDown("the job queue is not reachable; the job was not started"))
