@@ -16,14 +16,13 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import API_KEY, api_stack, s3_server  # noqa: E402
+from bench.harness import API_KEY, api_stack, s3_storage  # noqa: E402
 from bench.loadgen import post_json_rate  # noqa: E402
 from shared.queue import INFERENCE_QUEUE  # noqa: E402
 from tests.support.media import png_bytes, submit  # noqa: E402
@@ -86,7 +85,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="keep-alive client connections")
     parser.add_argument("--api-workers", type=int, default=1, help="API server processes (VLMQ_API_WORKERS)")
     arguments = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory, s3_server() as storage_url:
+    with tempfile.TemporaryDirectory() as directory, s3_storage() as storage_url:
         extra = {"VLMQ_API_WORKERS": str(arguments.api_workers)}
         with api_stack(Path(directory), storage_url=storage_url, extra=extra) as stack:
             with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as client:

@@ -6,27 +6,25 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-import boto3
-from moto.server import ThreadedMotoServer
-
-from tests.support.services import REPO_ROOT, Stack, create_database, drop_database, free_port, fresh_redis_url, migrate
+from tests.support.services import (
+    AWS_ENV,
+    REPO_ROOT,
+    Stack,
+    create_database,
+    drop_database,
+    fresh_redis_url,
+    migrate,
+    s3_server,
+)
 
 API_KEY = "bench-key-0123456789"
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @contextmanager
-def s3_server(bucket: str = "vlmq-bench"):
-    os.environ.update(AWS_ENV)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    try:
+def s3_storage(bucket: str = "vlmq-bench"):
+    """A moto S3 server; yields the storage URL that points vlmq at it."""
+    with s3_server(bucket) as endpoint:
         yield f"s3://{bucket}?endpoint_url={endpoint}"
-    finally:
-        server.stop()
 
 
 @contextmanager

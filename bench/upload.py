@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import API_KEY, api_stack, s3_server  # noqa: E402
+from bench.harness import API_KEY, api_stack, s3_storage  # noqa: E402
 from shared.storage import open_store  # noqa: E402
 
 MiB = 1024 * 1024
@@ -90,7 +90,7 @@ def main() -> None:
     arguments = parser.parse_args()
     size = arguments.size_mb * MiB
     with tempfile.TemporaryDirectory() as directory:
-        storage_context = s3_server() if arguments.storage == "s3" else nullcontext((Path(directory) / "storage").as_uri())
+        storage_context = s3_storage() if arguments.storage == "s3" else nullcontext((Path(directory) / "storage").as_uri())
         with storage_context as storage_url:
             extra = {"VLMQ_MAX_UPLOAD_BYTES": str(size + MiB)}
             with api_stack(Path(directory) / "api", storage_url=storage_url, extra=extra) as stack:

@@ -8,26 +8,21 @@ import sys
 import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.support.services import (
+    AWS_ENV,
     REPO_ROOT,
     Stack,
     create_database,
     drop_database,
-    free_port,
     fresh_redis_url,
     migrate,
+    s3_server,
 )
 
 BUCKET = "vlmq-test"
 TENANT_KEYS = {"acme": "key-acme-0123456789", "globex": "key-globex-0123456789"}
 MAX_UPLOAD_BYTES = 12 * 1024 * 1024
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +34,8 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    os.environ.update(AWS_ENV)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
+    with s3_server(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

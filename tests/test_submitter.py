@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from services.api.errors import DependencyDown, NotFound
@@ -12,17 +14,24 @@ from shared.config.settings import CommonSettings
 from shared.db.engine import session_scope
 from shared.db.models import Job, Tenant
 from shared.queue import create_celery
-from tests.support.services import free_port
+from tests.support.services import free_port, fresh_redis_url
 
 IMAGE = StoredMedia("tenants/sub/media/abc", "image/png", 10, "abc", 4, 4)
 
 
 @pytest.fixture
 def tenant(database_url):
+    """A tenant of this test alone, so other tests' jobs never mix into its assertions."""
+    tenant_id = f"sub-{uuid.uuid4().hex[:8]}"
     with session_scope(database_url) as session:
-        if session.get(Tenant, "sub") is None:
-            session.add(Tenant(id="sub"))
-    return "sub"
+        session.add(Tenant(id=tenant_id))
+    return tenant_id
+
+
+@pytest.fixture
+def broker_url():
+    """A Redis database no worker consumes, so submitted jobs stay queued for inspection."""
+    return fresh_redis_url(db=8)
 
 
 def submitter_for(database_url, broker_url):
@@ -46,7 +55,7 @@ def test_refs_to_unknown_objects_come_back_unresolved_and_foreign_ones_are_404(d
     submitter = submitter_for(database_url, broker_url)
     try:
         unknown = submitter.submit(
-            Submission(tenant, JobSpec(task="caption"), "m", refs=[InputRef(object_key="tenants/sub/never-seen")])
+            Submission(tenant, JobSpec(task="caption"), "m", refs=[InputRef(object_key=f"tenants/{tenant}/never-seen")])
         ).result(timeout=30)
         foreign = submitter.submit(
             Submission(tenant, JobSpec(task="caption"), "m", refs=[InputRef(object_key="tenants/other/x")])
@@ -55,7 +64,7 @@ def test_refs_to_unknown_objects_come_back_unresolved_and_foreign_ones_are_404(d
             foreign.result(timeout=30)
     finally:
         submitter.close()
-    assert isinstance(unknown, Unresolved) and unknown.keys == ["tenants/sub/never-seen"] and unknown.media == [None]
+    assert isinstance(unknown, Unresolved) and unknown.keys == [f"tenants/{tenant}/never-seen"] and unknown.media == [None]
 
 
 def test_a_broker_that_is_down_fails_the_job_visibly(database_url, tenant):

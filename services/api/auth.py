@@ -7,7 +7,6 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from shared.config.settings import ApiSettings, Environment
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -27,7 +27,7 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class JobTask(str, enum.Enum):
+class JobTask(enum.StrEnum):
     caption = "caption"
     vqa = "vqa"
     grounding = "grounding"
