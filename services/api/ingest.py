@@ -76,7 +76,9 @@ class MediaIngest:
         self._size = 0
         self._head = b""
         self._content_type: str | None = None
-        self._pending = bytearray()
+        self._pending = bytearray()  # bytes seen before the type is known
+        self._blocks: list[bytes] = []  # bytes on their way to the writer
+        self._blocked_bytes = 0
         self._spool: tempfile.SpooledTemporaryFile | None = None
         self._staging_key = staging_key(store_as) if store_as else None
         self._writer = store.open_writer(self._staging_key) if self._staging_key else None
@@ -115,10 +117,16 @@ class MediaIngest:
         if self._spool is not None:
             self._spool.write(chunk)
         if self._writer is not None:
-            self._pending += chunk
-            if len(self._pending) >= WRITE_BLOCK:
-                block, self._pending = bytes(self._pending), bytearray()
-                await run_in_threadpool(self._writer.write, block)
+            # A list of chunks joined once per block: one copy, where a growing bytearray makes two.
+            self._blocks.append(chunk)
+            self._blocked_bytes += len(chunk)
+            if self._blocked_bytes >= WRITE_BLOCK:
+                await run_in_threadpool(self._writer.write, self._take_block())
+
+    def _take_block(self) -> bytes:
+        block = b"".join(self._blocks)
+        self._blocks, self._blocked_bytes = [], 0
+        return block
 
     async def finish(self) -> StoredMedia:
         try:
@@ -142,8 +150,7 @@ class MediaIngest:
 
     def _commit(self, final_key: str) -> bool:
         """Complete the staged write and move it to its content address; True if it is new there."""
-        self._writer.write(bytes(self._pending))  # type: ignore[union-attr]
-        self._pending = bytearray()
+        self._writer.write(self._take_block())  # type: ignore[union-attr]
         self._writer.complete()  # type: ignore[union-attr]
         self._writer = None
         try:
