@@ -84,9 +84,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8, help="keep-alive client connections")
     parser.add_argument("--api-workers", type=int, default=1, help="API server processes (VLMQ_API_WORKERS)")
+    parser.add_argument("--no-access-log", action="store_true", help="VLMQ_API_ACCESS_LOG=false")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory, s3_storage() as storage_url:
-        extra = {"VLMQ_API_WORKERS": str(arguments.api_workers)}
+        extra = {"VLMQ_API_WORKERS": str(arguments.api_workers), "VLMQ_API_ACCESS_LOG": str(not arguments.no_access_log)}
         with api_stack(Path(directory), storage_url=storage_url, extra=extra) as stack:
             with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as client:
                 created = submit(client, {"task": "caption"}, png_bytes(640, 480))
@@ -101,6 +102,7 @@ def main() -> None:
         "jobs": arguments.jobs,
         "concurrency": arguments.concurrency,
         "api_workers": arguments.api_workers,
+        "api_access_log": not arguments.no_access_log,
         "api_jobs_per_s": round(api, 1),
         "api_cpu_ms_per_job": round(api_cpu_ms, 2),
         "bare_send_task_per_s": round(bare, 1),

@@ -1,4 +1,5 @@
-"""Run the API: ``python -m services.api`` (VLMQ_API_HOST, VLMQ_API_PORT, VLMQ_API_WORKERS)."""
+"""Run the API: ``python -m services.api`` (VLMQ_API_HOST, VLMQ_API_PORT, VLMQ_API_WORKERS,
+VLMQ_API_ACCESS_LOG)."""
 
 import logging
 
@@ -16,6 +17,7 @@ def main() -> None:
         host=settings.api_host,
         port=settings.api_port,
         workers=settings.api_workers,
+        access_log=settings.api_access_log,
         log_level="info",
     )
 

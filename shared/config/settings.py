@@ -80,6 +80,7 @@ class ApiSettings(CommonSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_workers: int = Field(default=1, ge=1, description="API server processes.")
+    api_access_log: bool = Field(default=True, description="uvicorn's per-request access log lines.")
     max_upload_bytes: int = Field(default=2048 * MiB, description="Largest accepted media file.")
     max_image_bytes: int = Field(default=64 * MiB, description="Largest accepted image file.")
     upload_url_ttl_s: int = 3600
