@@ -95,3 +95,14 @@ def test_the_same_job_id_delivered_twice_runs_once(acme, stack_env):
     # then nothing changes: one attempt, the same result
     again = acme.get(f"/v1/jobs/{job['id']}").json()
     assert again["attempts"] == 1 and again["result"] == job["result"] and again["status"] == "succeeded"
+
+
+def test_the_worker_loads_the_model_once_per_process(acme, stack):
+    # given several jobs run by the one-process worker pool
+    for _ in range(3):
+        wait_for_job(acme, submit(acme, {"task": "caption", "options": {"max_new_tokens": 1}}, png_bytes(32, 32)).json()["id"])
+
+    # then its log shows a single model load, in a pool process (after the fork)
+    log = (stack.data_dir / "worker.log").read_text()
+    loads = [line for line in log.splitlines() if "loading internvl-tiny" in line]
+    assert len(loads) == 1 and "ForkPoolWorker" in loads[0]
