@@ -151,3 +151,21 @@ def test_a_huge_image_dimension_is_422_not_a_crash(acme):
     buffer = io.BytesIO()
     Image.new("1", (30000, 30000)).save(buffer, format="PNG")
     assert_error(submit(acme, {"task": "caption"}, buffer.getvalue()), 422, "invalid_media")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"this is not multipart at all",
+        b"--vlmqb\r\nbroken header line\r\n\r\n",
+        b'--vlmqb\r\nContent-Disposition: form-data; name="request"\r\n\r\n{"task": "caption"}\r\n'
+        b'--vlmqb\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png_bytes()[:200],
+    ],
+    ids=["garbage", "bad-header", "cut-off-inside-a-file"],
+)
+def test_a_malformed_or_truncated_multipart_body_is_400_and_leaves_nothing(acme, s3_client, body):
+    before = set(objects_under(s3_client, "tenants/acme/"))
+    response = acme.post("/v1/jobs", content=body, headers={"Content-Type": "multipart/form-data; boundary=vlmqb"})
+    assert_error(response, 400, "validation_error")
+    assert set(objects_under(s3_client, "tenants/acme/")) == before
+    assert s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import Request
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +35,7 @@ class _Events:
             "on_header_end": lambda: setattr(self, "_header_name", b""),
             "on_part_data": lambda data, start, end: self.items.append(("data", bytes(data[start:end]))),
             "on_part_end": lambda: self.items.append(("end",)),
+            "on_end": lambda: self.items.append(("body_end",)),
         }
 
     def drain(self) -> list[tuple]:
@@ -62,9 +64,13 @@ async def parse_media_form(
     saw_request = False
     current_name: str | None = None
     ingest: MediaIngest | None = None
+    complete = False
     try:
         async for chunk in request.stream():
-            parser.write(chunk)
+            try:
+                parser.write(chunk)
+            except MultipartParseError as error:
+                raise ValidationFailed(f"malformed multipart body: {error}") from error
             for event in events.drain():
                 kind = event[0]
                 if kind == "begin":
@@ -86,7 +92,10 @@ async def parse_media_form(
                 elif kind == "end" and ingest is not None:
                     finished, ingest = ingest, None
                     stored.append(await finished.finish())
-        parser.finalize()
+                elif kind == "body_end":
+                    complete = True
+        if not complete:
+            raise ValidationFailed("the multipart body ended before its closing boundary")
     except BaseException:
         if ingest is not None:
             await ingest.abort()
