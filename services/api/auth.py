@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 
 from shared.config.settings import ApiSettings, Environment
@@ -52,9 +53,19 @@ def load_key_ring(settings: ApiSettings) -> KeyRing:
     if settings.env is not Environment.development:
         raise RuntimeError("VLMQ_API_KEYS is required outside development")
     key_file = settings.data_dir / "api-key"
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(f"vlmq_dev_{secrets.token_urlsafe(24)}\n")
-        key_file.chmod(0o600)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Exclusive create: several API processes starting together agree on one key.
+        with open(key_file, "x") as handle:
+            key_file.chmod(0o600)
+            handle.write(f"vlmq_dev_{secrets.token_urlsafe(24)}\n")
         log.warning("no VLMQ_API_KEYS set: generated a development key in %s", key_file)
-    return KeyRing.parse(f"{DEVELOPMENT_TENANT}:{key_file.read_text().strip()}")
+    except FileExistsError:
+        pass
+    key = ""
+    for _ in range(50):  # another process may have created the file and not yet written it
+        key = key_file.read_text().strip()
+        if key:
+            break
+        time.sleep(0.1)
+    return KeyRing.parse(f"{DEVELOPMENT_TENANT}:{key}")
