@@ -93,7 +93,7 @@ class JobSpec(BaseModel):
     def _task_fields(self) -> JobSpec:
         if self.history and self.task is not JobTask.chat:
             raise ValueError("history is only for task chat")
-        if self.task in (JobTask.vqa, JobTask.grounding, JobTask.video_qa) and not (self.prompt or "").strip():
+        if self.task in (JobTask.vqa, JobTask.grounding, JobTask.chat, JobTask.video_qa) and not (self.prompt or "").strip():
             raise ValueError(f"task {self.task.value} needs a prompt")
         return self
 

@@ -41,4 +41,4 @@ class JobTask(enum.StrEnum):
 
 
 # What the inference worker can run today; the API refuses the rest with a clear error.
-RUNNABLE_TASKS = frozenset({JobTask.caption, JobTask.vqa, JobTask.grounding})
+RUNNABLE_TASKS = frozenset({JobTask.caption, JobTask.vqa, JobTask.grounding, JobTask.chat})

@@ -95,7 +95,8 @@ class InternVLRuntime:
         started = time.perf_counter()
         encoded = self.tokenizer([item.text for item in batch], return_tensors="pt", padding=True).to(self.device)
         arrays = [item.pixel_values for item in batch if item.pixel_values is not None]
-        pixel_values = torch.from_numpy(np.concatenate(arrays)).to(self.device, self.dtype) if arrays else None
+        # Text-only batches pass no pixel_values at all: the native model would try to encode None.
+        media = {"pixel_values": torch.from_numpy(np.concatenate(arrays)).to(self.device, self.dtype)} if arrays else {}
         request = batch[0].request
         sampling = (
             {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p or 1.0}
@@ -105,7 +106,7 @@ class InternVLRuntime:
         output = self.model.generate(
             input_ids=encoded["input_ids"],
             attention_mask=encoded["attention_mask"],
-            pixel_values=pixel_values,
+            **media,
             max_new_tokens=request.max_new_tokens,
             eos_token_id=self.stop_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
