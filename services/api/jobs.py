@@ -21,8 +21,16 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def job_public(session: Session, job: Job) -> JobPublic:
-    result = session.get(JobResult, job.id) if job.status == JobStatus.succeeded.value else None
+def results_for(session: Session, jobs: list[Job]) -> dict[str, dict]:
+    """The results of the succeeded ones among ``jobs``, in one query."""
+    succeeded = [job.id for job in jobs if job.status == JobStatus.succeeded.value]
+    if not succeeded:
+        return {}
+    rows = session.execute(select(JobResult.job_id, JobResult.result).where(JobResult.job_id.in_(succeeded)))
+    return {job_id: result for job_id, result in rows}
+
+
+def job_public(job: Job, result: dict | None) -> JobPublic:
     return JobPublic(
         id=job.id,
         status=job.status,
@@ -33,7 +41,7 @@ def job_public(session: Session, job: Job) -> JobPublic:
         options=job.options,
         metadata=job.metadata_,
         input=job.input,
-        result=result.result if result else None,
+        result=result,
         error=job.error,
         attempts=job.attempts,
         created_at=job.created_at,

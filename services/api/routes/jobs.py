@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.api.body import JobBodyReader
 from services.api.deps import CatalogDep, SessionDep, SettingsDep, StorageDep, SubmitterDep, TenantDep
-from services.api.jobs import get_job, job_public, list_jobs
+from services.api.jobs import get_job, job_public, list_jobs, results_for
 from services.api.multipart import discard_new_media
 from services.api.planning import plan_job
 from services.api.schemas import JobPublic, JobsPublic, PlanPublic
@@ -80,7 +80,8 @@ async def plan(
 
 @router.get("/{job_id}", response_model=JobPublic)
 def read_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
-    return job_public(session, get_job(session, tenant, job_id))
+    job = get_job(session, tenant, job_id)
+    return job_public(job, results_for(session, [job]).get(job.id))
 
 
 @router.get("", response_model=JobsPublic)
@@ -100,4 +101,5 @@ def read_jobs(
         limit=limit,
         cursor=cursor,
     )
-    return JobsPublic(data=[job_public(session, job) for job in jobs], next_cursor=next_cursor)
+    results = results_for(session, jobs)
+    return JobsPublic(data=[job_public(job, results.get(job.id)) for job in jobs], next_cursor=next_cursor)
