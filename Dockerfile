@@ -18,4 +18,4 @@ FROM base AS worker
 # For GPUs, install the CUDA build of torch matching your driver instead of the CPU wheel.
 RUN pip install ".[worker]"
 USER 65534
-CMD ["celery", "-A", "workers.inference.celery_app", "worker", "-Q", "vlmq.inference", "--concurrency", "1", "--pool", "prefork", "--loglevel", "INFO"]
+CMD ["celery", "-A", "workers.inference.celery_app", "worker", "--concurrency", "1", "--pool", "prefork", "--loglevel", "INFO"]

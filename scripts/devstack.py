@@ -27,7 +27,7 @@ PROCESSES = {
     "api": [sys.executable, "-m", "services.api"],
     "worker": [
         sys.executable, "-m", "celery", "-A", "workers.inference.celery_app", "worker",
-        "-Q", "vlmq.inference", "--concurrency", "1", "--pool", "prefork",
+        "--concurrency", "1", "--pool", "prefork",
         "-n", "vlmq-inference@%h", "--loglevel", "INFO",
     ],
 }

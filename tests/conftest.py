@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 import boto3
 import httpx
@@ -26,10 +28,23 @@ MAX_UPLOAD_BYTES = 12 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(models_dir):
     from workers.inference.tiny_model import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "internvl-tiny")
+    return build_tiny_model(models_dir / "internvl-tiny")
+
+
+@pytest.fixture(scope="session")
+def seed_model_dirs(models_dir) -> dict[str, Path]:
+    """A tiny original-format checkpoint of each seed model, named by its model id."""
+    from workers.inference.fixtures.original import SEED_ARCHITECTURES, build_original_checkpoint
+
+    return {model_id: build_original_checkpoint(models_dir / model_id, model_id) for model_id in SEED_ARCHITECTURES}
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +72,8 @@ def broker_url():
 
 
 @pytest.fixture(scope="session")
-def stack_env(database_url, broker_url, s3_endpoint, tiny_model_dir):
+def stack_env(database_url, broker_url, s3_endpoint, tiny_model_dir, seed_model_dirs):
+    registry = {"internvl-tiny": str(tiny_model_dir)} | {model_id: str(path) for model_id, path in seed_model_dirs.items()}
     return {
         **os.environ,
         **AWS_ENV,
@@ -67,8 +83,8 @@ def stack_env(database_url, broker_url, s3_endpoint, tiny_model_dir):
         "VLMQ_DATABASE_URL": database_url,
         "VLMQ_BROKER_URL": broker_url,
         "VLMQ_STORAGE_URL": f"s3://{BUCKET}?endpoint_url={s3_endpoint}",
-        "VLMQ_MODEL_PATH": str(tiny_model_dir),
-        "VLMQ_MODEL_ID": "internvl-tiny",
+        "VLMQ_MODELS": json.dumps(registry),
+        "VLMQ_DEFAULT_MODEL": "internvl-tiny",
         "VLMQ_API_KEYS": ",".join(f"{tenant}:{key}" for tenant, key in TENANT_KEYS.items()),
         "VLMQ_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "VLMQ_MAX_IMAGE_BYTES": str(4 * 1024 * 1024),

@@ -49,10 +49,10 @@ def test_a_job_runs_on_embedded_defaults_with_a_local_upload_url(embedded_stack)
 
 
 def test_a_checkpoint_vlmq_cannot_load_fails_jobs_with_a_reason(tmp_path):
-    # given a model directory in the original (remote-code) InternVL format, not yet convertible
-    model_dir = tmp_path / "InternVL2-1B"
+    # given a model directory that holds some other architecture
+    model_dir = tmp_path / "llava-1.5-7b"
     model_dir.mkdir()
-    (model_dir / "config.json").write_text('{"model_type": "internvl_chat", "template": "Hermes-2"}')
+    (model_dir / "config.json").write_text('{"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]}')
     env = {key: value for key, value in os.environ.items() if not key.startswith("VLMQ_")}
     env.update({"PYTHONPATH": str(REPO_ROOT), "VLMQ_MODEL_PATH": str(model_dir), "VLMQ_BROKER_URL": "filesystem://"})
     migrate(f"sqlite:///{tmp_path / 'data' / 'vlmq.db'}")
@@ -66,8 +66,8 @@ def test_a_checkpoint_vlmq_cannot_load_fails_jobs_with_a_reason(tmp_path):
 
         # then both name what was found instead of crashing
         assert plan.status_code == 503 and plan.json()["error"]["code"] == "model_unavailable"
-        assert "internvl_chat" in plan.json()["error"]["message"]
+        assert "LlavaForConditionalGeneration" in plan.json()["error"]["message"]
         assert job["status"] == "failed" and job["error"]["code"] == "model_unavailable"
-        assert "internvl_chat" in job["error"]["message"]
+        assert "LlavaForConditionalGeneration" in job["error"]["message"]
     finally:
         stack.stop()

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from shared.queue import queue_for
 from tests.support.media import png_bytes, submit, wait_for_job
 
 
@@ -88,8 +89,9 @@ def test_the_same_job_id_delivered_twice_runs_once(acme, stack_env):
     from celery import Celery
 
     producer = Celery(broker=stack_env["VLMQ_BROKER_URL"])
-    producer.send_task("vlmq.inference.caption", args=[job["id"]], queue="vlmq.inference")
-    producer.send_task("vlmq.inference.caption", args=["job_does_not_exist"], queue="vlmq.inference")
+    queue = queue_for(job["model"])
+    producer.send_task("vlmq.inference.caption", args=[job["id"]], queue=queue)
+    producer.send_task("vlmq.inference.caption", args=["job_does_not_exist"], queue=queue)
     time.sleep(2)
 
     # then nothing changes: one attempt, the same result

@@ -91,15 +91,21 @@ def test_plan_stores_nothing_and_numbers_several_images(acme, s3_client):
     assert s3_client.list_objects_v2(Bucket=BUCKET).get("KeyCount") == before
 
 
-def test_models_lists_the_served_model(acme):
+def test_models_lists_every_registered_model_in_registry_order(acme):
+    # given the registry of the test stack: a native checkpoint (the default) and the four seeds
+    # when the models are listed
     models = acme.get("/v1/models").json()["data"]
-    assert models == [
-        {
-            "id": "internvl-tiny", "family": "internvl", "llm": "qwen2", "template": "internvl2_5",
-            "params": models[0]["params"], "max_tiles": 40, "default": True,
-        }
+
+    # then each shows its LLM family, chat template and format
+    described = [(m["id"], m["llm"], m["template"], m["format"], m["default"]) for m in models]
+    assert described == [
+        ("internvl-tiny", "qwen2", "internvl2_5", "native", True),
+        ("internvl2-1b", "qwen2", "Hermes-2", "original", False),
+        ("mini-internvl-chat-4b-v1-5", "phi3", "phi3-chat", "original", False),
+        ("internvl2-8b", "internlm2", "internlm2-chat", "original", False),
+        ("internvl2_5-4b", "qwen2", "internvl2_5", "original", False),
     ]
-    assert models[0]["params"] > 100_000
+    assert all(m["family"] == "internvl" and m["max_tiles"] == 40 and m["params"] > 100_000 for m in models)
 
 
 def test_operations_endpoints(anonymous):

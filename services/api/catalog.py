@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from services.api.errors import ApiError, NotFound
 from shared.config.settings import CommonSettings
 from workers.inference.runtime.checkpoint import CheckpointError, CheckpointInfo, read_checkpoint
+from workers.inference.runtime.sources import resolve_source
 
 log = logging.getLogger("vlmq.api")
 
@@ -24,12 +25,18 @@ class ModelCatalog:
 
     @classmethod
     def from_settings(cls, settings: CommonSettings) -> ModelCatalog:
-        model_id = settings.resolved_model_id
-        try:
-            return cls(model_id, {model_id: read_checkpoint(settings.resolved_model_path)}, {})
-        except CheckpointError as error:
-            log.warning("model %s is not readable by the API: %s", model_id, error)
-            return cls(model_id, {}, {model_id: str(error)})
+        """Every registered model; one that cannot be read is listed as a problem, not a crash."""
+        catalog = cls(settings.resolved_default_model, {}, {})
+        for model_id, source in settings.model_sources.items():
+            try:
+                path = resolve_source(
+                    source, cache_dir=settings.resolved_hub_cache_dir, download=settings.hub_download, weights=False
+                )
+                catalog.checkpoints[model_id] = read_checkpoint(path)
+            except CheckpointError as error:
+                log.warning("model %s is not readable by the API: %s", model_id, error)
+                catalog.problems[model_id] = str(error)
+        return catalog
 
     def resolve(self, requested: str | None) -> str:
         model_id = requested or self.default_id

@@ -187,6 +187,8 @@ class ModelPublic(BaseModel):
     params: int
     max_tiles: int
     default: bool
+    # Extension: "original" (the cards' remote-code layout, mapped by vlmq) or "native" ("-hf").
+    format: str
 
 
 class ModelsPublic(BaseModel):

@@ -32,7 +32,7 @@ from services.api.submission import (
 )
 from shared.db.engine import get_engine, session_scope
 from shared.jobs import JobStatus, StaleTransition, fail_job
-from shared.queue import INFERENCE_QUEUE, task_name_for
+from shared.queue import queue_for, task_name_for
 
 log = logging.getLogger("vlmq.api")
 MAX_BATCH = 64
@@ -167,7 +167,8 @@ class JobSubmitter:
         row = item.rows[0]
         try:
             self._celery.send_task(
-                task_name_for(row["task"]), args=[row["id"]], queue=INFERENCE_QUEUE, producer=producer, retry=False
+                task_name_for(row["task"]), args=[row["id"]], queue=queue_for(row["model"]), producer=producer,
+                retry=False,
             )
         except Exception as error:  # kombu raises several unrelated types for a broker that is down
             self._fail(item, error)

@@ -44,6 +44,14 @@ class CommonSettings(BaseSettings):
         default=None, description="Local checkpoint directory; default: data_dir/models/internvl-tiny."
     )
     model_id: str | None = Field(default=None, description="Public id of the model; default: its directory name.")
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description='Model registry, JSON: {"internvl2-1b": "/models/InternVL2-1B", "internvl2-8b": '
+        '"OpenGVLab/InternVL2-8B"}: a local directory or a hub id each. Empty: the one model_path.',
+    )
+    default_model: str | None = Field(default=None, description="Model of jobs that name none; default: the first.")
+    hub_cache_dir: Path | None = Field(default=None, description="Where hub ids are looked up; default: data_dir/hub.")
+    hub_download: bool = Field(default=False, description="Download hub ids that are not in the cache yet.")
     allow_private_networks: bool = False
 
     @property
@@ -61,6 +69,25 @@ class CommonSettings(BaseSettings):
     @property
     def resolved_model_id(self) -> str:
         return self.model_id or self.resolved_model_path.name.lower()
+
+    @property
+    def model_sources(self) -> dict[str, str]:
+        """Model id → local directory or hub id, in registry order."""
+        return dict(self.models) or {self.resolved_model_id: str(self.resolved_model_path)}
+
+    @property
+    def resolved_default_model(self) -> str:
+        return self.default_model or next(iter(self.model_sources))
+
+    @property
+    def resolved_hub_cache_dir(self) -> Path:
+        return (self.hub_cache_dir or self.data_dir / "hub").resolve()
+
+    @model_validator(mode="after")
+    def _default_model_is_registered(self) -> CommonSettings:
+        if self.default_model and self.default_model not in self.model_sources:
+            raise ValueError(f"VLMQ_DEFAULT_MODEL={self.default_model!r} is not in VLMQ_MODELS")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_values(self) -> CommonSettings:
@@ -100,6 +127,18 @@ class WorkerSettings(CommonSettings):
 
     device: str = Field(default="auto", description="cpu, cuda, or auto.")
     dtype: str = Field(default="auto", description="float32, bfloat16, float16 or auto.")
+    serve_models: list[str] = Field(
+        default_factory=list,
+        description='Model ids this worker loads and whose queues it consumes, JSON list; default: all.',
+    )
+    load_in_8bit: bool = Field(default=False, description="8-bit LLM weights (needs a GPU and bitsandbytes).")
+
+    @property
+    def served_models(self) -> list[str]:
+        unknown = sorted(set(self.serve_models) - set(self.model_sources))
+        if unknown:
+            raise ValueError(f"VLMQ_SERVE_MODELS names models not in the registry: {', '.join(unknown)}")
+        return self.serve_models or list(self.model_sources)
 
 
 @lru_cache

@@ -9,7 +9,7 @@ from celery import Celery
 from kombu import Queue
 
 from shared.config.settings import CommonSettings
-from shared.queue.names import INFERENCE_QUEUE
+from shared.queue.names import queue_for
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -36,12 +36,14 @@ def resolve_broker_url(settings: CommonSettings) -> str:
     return "filesystem://"
 
 
-def create_celery(settings: CommonSettings, *, name: str = "vlmq") -> Celery:
+def create_celery(settings: CommonSettings, *, name: str = "vlmq", models: list[str] | None = None) -> Celery:
+    """``models``: whose queues a worker consumes (default: every registered model)."""
     broker_url = resolve_broker_url(settings)
     app = Celery(name, broker=broker_url)
+    queues = [queue_for(model_id) for model_id in (models or settings.model_sources)]
     app.conf.update(
-        task_default_queue=INFERENCE_QUEUE,
-        task_queues=[Queue(INFERENCE_QUEUE)],
+        task_default_queue=queues[0],
+        task_queues=[Queue(queue) for queue in queues],
         task_serializer="json",
         accept_content=["json"],
         # The database holds results; Celery's result backend is not used.

@@ -7,6 +7,11 @@ from shared.jobs.states import JobTask
 INFERENCE_QUEUE = "vlmq.inference"
 
 
+def queue_for(model_id: str) -> str:
+    """Each model has its own queue, so a worker consumes only the jobs of the models it loaded."""
+    return f"{INFERENCE_QUEUE}.{model_id}"
+
+
 def task_name_for(task: JobTask | str) -> str:
     """The Celery task that runs one kind of job, e.g. ``vlmq.inference.caption``."""
     return f"vlmq.inference.{JobTask(task).value}"

@@ -1,6 +1,8 @@
-"""The inference worker's Celery app: ``celery -A workers.inference.celery_app worker -Q vlmq.inference``.
+"""The inference worker's Celery app: ``celery -A workers.inference.celery_app worker``.
 
-The model is loaded once per worker process, after the fork (``worker_process_init``), and kept.
+The worker serves the models in ``VLMQ_SERVE_MODELS`` (default: every registered model) and
+consumes exactly their queues, so jobs reach only a worker that has their model loaded. Models are
+loaded once per worker process, after the fork (``worker_process_init``), and kept.
 """
 
 from __future__ import annotations
@@ -17,33 +19,39 @@ from workers.inference.execute import JobFailure, execute_job
 
 log = logging.getLogger("vlmq.worker")
 settings = get_worker_settings()
-app = create_celery(settings, name="vlmq-inference")
+app = create_celery(settings, name="vlmq-inference", models=settings.served_models)
 
-_runtime = None
-_load_error: str | None = None
+_runtimes: dict = {}
+_load_errors: dict[str, str] = {}
 
 
 @worker_process_init.connect
-def load_model(**_kwargs) -> None:
+def load_models(**_kwargs) -> None:
     """A model that cannot load fails the jobs that need it, with the reason; it does not put the
     pool into a crash loop."""
-    global _runtime, _load_error
+    from workers.inference.runtime.loading import LoadOptions
     from workers.inference.runtime.model import InternVLRuntime  # torch only in worker processes
+    from workers.inference.runtime.sources import resolve_source
 
-    log.info("loading %s from %s", settings.resolved_model_id, settings.resolved_model_path)
-    try:
-        _runtime = InternVLRuntime.load(settings.resolved_model_path, device=settings.device, dtype=settings.dtype)
-    except Exception as error:  # any loader failure: bad directory, bad weights, out of memory
-        log.exception("model %s could not be loaded", settings.resolved_model_id)
-        _load_error = f"{type(error).__name__}: {error}"
+    options = LoadOptions(device=settings.device, dtype=settings.dtype, load_in_8bit=settings.load_in_8bit)
+    for model_id in settings.served_models:
+        source = settings.model_sources[model_id]
+        log.info("loading %s from %s", model_id, source)
+        try:
+            path = resolve_source(source, cache_dir=settings.resolved_hub_cache_dir, download=settings.hub_download)
+            _runtimes[model_id] = InternVLRuntime.load(path, options)
+        except Exception as error:  # any loader failure: bad directory, bad weights, out of memory
+            log.exception("model %s could not be loaded", model_id)
+            _load_errors[model_id] = f"{type(error).__name__}: {error}"
 
 
-def _run_batch(requests):
-    if _runtime is None and _load_error is None:  # a solo pool has no fork: load on first use
-        load_model()
-    if _runtime is None:
-        raise JobFailure("model_unavailable", f"the model could not be loaded: {_load_error}"[:500])
-    return _runtime.run(requests)
+def _run_batch(model_id: str, requests):
+    if not _runtimes and not _load_errors:  # a solo pool has no fork: load on first use
+        load_models()
+    if model_id not in _runtimes:
+        reason = _load_errors.get(model_id, "this worker does not serve it")
+        raise JobFailure("model_unavailable", f"model {model_id!r} could not be loaded: {reason}"[:500])
+    return _runtimes[model_id].run(requests)
 
 
 def _run(job_id: str) -> str | None:

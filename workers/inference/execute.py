@@ -84,7 +84,7 @@ def execute_job(
     *,
     settings: WorkerSettings,
     store: ObjectStore,
-    run_batch: Callable[[list[GenerationRequest]], list[GenerationResult]],
+    run_batch: Callable[[str, list[GenerationRequest]], list[GenerationResult]],
 ) -> str | None:
     """Returns the job's final status, or None when this delivery had nothing to do."""
     database_url = settings.resolved_database_url
@@ -103,7 +103,7 @@ def execute_job(
             if JobTask(job.task) not in RUNNABLE_TASKS:
                 raise JobFailure("unsupported_task", f"this deployment cannot run {job.task} jobs yet")
             images = _load_images(store, job.input.get("items", []))
-            (result,) = run_batch([_request_for(job, images)])
+            (result,) = run_batch(job.model, [_request_for(job, images)])
             body = _result_body(job, result)
         except JobFailure as failure:
             fail_job(session, job_id, from_status=JobStatus.running, attempt=attempt, code=failure.code, message=failure.message)

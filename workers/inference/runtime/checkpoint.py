@@ -7,6 +7,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.inference.runtime.original_checkpoint import LLM_FAMILIES
 from workers.inference.runtime.templates import ChatTemplate, get_template
 
 # Native "-hf" checkpoints carry no template name; they are conversions of InternVL 2.5 and later.
@@ -17,14 +18,21 @@ class CheckpointError(Exception):
     """A model directory that vlmq cannot serve; the message names what was found."""
 
 
+# config.json model_type → how vlmq loads it.
+ORIGINAL_FORMAT = "internvl_chat"  # the cards' remote-code checkpoints, mapped onto native classes
+NATIVE_FORMAT = "internvl"  # transformers' own "-hf" checkpoints, loaded as they are
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path
+    format: str
     family: str
     llm: str
     template: ChatTemplate
     system_message: str | None
     params: int
+    num_layers: int
 
     def describe(self, model_id: str, *, is_default: bool, max_tiles: int = 40) -> dict:
         return {
@@ -32,6 +40,7 @@ class CheckpointInfo:
             "family": self.family,
             "llm": self.llm,
             "template": self.template.name,
+            "format": "original" if self.format == ORIGINAL_FORMAT else "native",
             "params": self.params,
             "max_tiles": max_tiles,
             "default": is_default,
@@ -61,17 +70,33 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
         raise CheckpointError(f"no config.json in {path}; build one with `python -m workers.inference.tiny_model {path}`")
     config = json.loads(config_path.read_text())
     model_type = config.get("model_type")
-    if model_type != "internvl":
+    if model_type == ORIGINAL_FORMAT:
+        text_config = config.get("llm_config") or {}
+        if "template" not in config:
+            raise CheckpointError(f"{path} is an original InternVL checkpoint without a chat template name")
+        template_name = config["template"]
+    elif model_type == NATIVE_FORMAT:
+        text_config = config.get("text_config") or {}
+        template_name = config.get("template", DEFAULT_TEMPLATE)
+    else:
+        architectures = ", ".join(config.get("architectures") or []) or "none"
         raise CheckpointError(
-            f"{path} holds model_type={model_type!r}; vlmq serves native InternVL checkpoints (model_type 'internvl')"
+            f"{path} holds model_type={model_type!r} (architectures: {architectures}); vlmq serves original "
+            f"InternVL checkpoints (model_type {ORIGINAL_FORMAT!r}) and native ones ({NATIVE_FORMAT!r})"
         )
-    text_config = config.get("text_config") or {}
-    llm = (text_config.get("architectures") or [None])[0] or text_config.get("model_type", "unknown")
+    architecture = (text_config.get("architectures") or [None])[0]
+    llm = LLM_FAMILIES.get(architecture) or text_config.get("model_type") or architecture or "unknown"
+    try:
+        template = get_template(template_name)
+    except KeyError as error:
+        raise CheckpointError(f"{path}: {error.args[0]}") from None
     return CheckpointInfo(
         path=path,
+        format=model_type,
         family="internvl",
         llm=llm,
-        template=get_template(config.get("template", DEFAULT_TEMPLATE)),
+        template=template,
         system_message=config.get("system_message"),
         params=_count_safetensors_params(path),
+        num_layers=int(text_config.get("num_hidden_layers", 0)),
     )

@@ -9,25 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, InternVLForConditionalGeneration
 
 from workers.inference.runtime.checkpoint import CheckpointInfo, read_checkpoint
 from workers.inference.runtime.grounding import parse_boxes
+from workers.inference.runtime.loading import LoadOptions, load_model, load_tokenizer
 from workers.inference.runtime.prompts import build_prompt, expand_image_placeholders, question_for
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
 from workers.inference.runtime.tiling import image_to_pixel_values, tiles_per_image
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
 
 
 @dataclass
@@ -42,23 +30,19 @@ class _Prepared:
 class InternVLRuntime:
     """One loaded model. ``run`` takes a list of requests and returns their results in order."""
 
-    def __init__(self, checkpoint: CheckpointInfo, model, tokenizer, device: torch.device, dtype: torch.dtype):
+    def __init__(self, checkpoint: CheckpointInfo, model, tokenizer):
         self.checkpoint, self.model, self.tokenizer = checkpoint, model, tokenizer
-        self.device, self.dtype = device, dtype
+        # Inputs go where the embeddings are; with a device map the first and last stages share it.
+        self.device = model.get_input_embeddings().weight.device
+        self.dtype = model.model.vision_tower.embeddings.patch_embeddings.projection.weight.dtype
         self.template = checkpoint.template
         self.stop_token_id = tokenizer.convert_tokens_to_ids(self.template.stop_token)
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "auto", dtype: str = "auto") -> InternVLRuntime:
+    def load(cls, path: Path, options: LoadOptions = LoadOptions()) -> InternVLRuntime:
         checkpoint = read_checkpoint(path)
-        torch_device = pick_device(device)
-        torch_dtype = pick_dtype(dtype, torch_device)
-        # Never execute code shipped inside a checkpoint.
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        tokenizer.padding_side = "left"
-        model = InternVLForConditionalGeneration.from_pretrained(path, dtype=torch_dtype, trust_remote_code=False)
-        model.to(torch_device).eval()
-        return cls(checkpoint, model, tokenizer, torch_device, torch_dtype)
+        tokenizer = load_tokenizer(checkpoint)
+        return cls(checkpoint, load_model(checkpoint, tokenizer, options), tokenizer)
 
     def prepare(self, request: GenerationRequest) -> _Prepared:
         started = time.perf_counter()

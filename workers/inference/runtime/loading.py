@@ -1,0 +1,120 @@
+"""Load a checkpoint's tokenizer and model onto devices, never executing code shipped inside it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
+
+from workers.inference.runtime.checkpoint import ORIGINAL_FORMAT, CheckpointError, CheckpointInfo
+from workers.inference.runtime.original_checkpoint import OriginalCheckpointError, native_config, plan_weights
+from workers.inference.runtime.prompts import IMAGE_CONTEXT
+from workers.inference.runtime.weights import PlannedStateDict
+
+log = logging.getLogger("vlmq.worker")
+
+# Tokenizer classes that exist only as remote code in the checkpoint. Their tokenizer.json (when
+# present) is a complete fast tokenizer, so it is loaded with the generic fast class instead.
+_REMOTE_TOKENIZER_CLASSES = {"InternLM2Tokenizer", "InternLM2TokenizerFast"}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"…
+    dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU
+    load_in_8bit: bool = False
+    max_gpu_memory_fraction: float = 0.9
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def attention_implementation(device: torch.device) -> str:
+    """flash-attention 2 where the package and a GPU are there, else PyTorch's SDPA."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(checkpoint: CheckpointInfo):
+    path = checkpoint.path
+    config_path = path / "tokenizer_config.json"
+    tokenizer_class = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.is_file() else None
+    if tokenizer_class in _REMOTE_TOKENIZER_CLASSES:
+        if not (path / "tokenizer.json").is_file():
+            raise CheckpointError(
+                f"{path} names the remote-code tokenizer {tokenizer_class} and has no tokenizer.json; "
+                "vlmq does not run checkpoint code: add a tokenizer.json (see README, 'Model weights')"
+            )
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        # config.json carries an auto_map: without an explicit False transformers asks interactively.
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _device_map(checkpoint: CheckpointInfo, device: torch.device) -> dict | str:
+    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() <= 1:
+        return {"": device.index if device.type == "cuda" and device.index is not None else str(device)}
+    from workers.inference.runtime.device_map import plan_device_map
+
+    free = [torch.cuda.mem_get_info(index)[0] for index in range(torch.cuda.device_count())]
+    return plan_device_map(checkpoint.num_layers, free)
+
+
+def _quantization(options: LoadOptions, device: torch.device) -> dict:
+    if not options.load_in_8bit:
+        return {}
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise CheckpointError("8-bit loading needs a GPU and the bitsandbytes package")
+    from transformers import BitsAndBytesConfig
+
+    # The vision tower and projector stay in bf16: they are small and quantising them costs accuracy.
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"]
+        )
+    }
+
+
+def load_model(checkpoint: CheckpointInfo, tokenizer, options: LoadOptions = LoadOptions()):
+    device = pick_device(options.device)
+    common = {
+        "dtype": pick_dtype(options.dtype, device),
+        "device_map": _device_map(checkpoint, device),
+        "attn_implementation": attention_implementation(device),
+        **_quantization(options, device),
+    }
+    if checkpoint.format != ORIGINAL_FORMAT:
+        model = InternVLForConditionalGeneration.from_pretrained(checkpoint.path, trust_remote_code=False, **common)
+        return model.eval()
+    original = json.loads((checkpoint.path / "config.json").read_text())
+    try:
+        config = InternVLConfig(**native_config(original, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_CONTEXT)))
+        with PlannedStateDict(checkpoint.path) as stored:
+            plan = plan_weights(stored.source_names(), original)
+            model, info = InternVLForConditionalGeneration.from_pretrained(
+                None, config=config, state_dict=stored.lazy(plan), output_loading_info=True, **common
+            )
+    except OriginalCheckpointError as error:
+        raise CheckpointError(f"{checkpoint.path}: {error}") from None
+    problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        raise CheckpointError(f"{checkpoint.path}: weights do not match the mapped model: {problems}")
+    return model.eval()
