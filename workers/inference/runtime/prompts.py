@@ -31,7 +31,15 @@ def question_for(task: str, prompt: str | None) -> str:
     return prompt or ""
 
 
-def media_prefix(n_images: int, multi_image: str) -> str:
+def media_prefix(n_images: int, multi_image: str, *, n_frames: int = 0) -> str:
+    """The placeholders put before the first question: one per image (or one for all, combined),
+    or one per video frame. A request carries images or frames, never both."""
+    if n_images and n_frames:
+        raise ValueError("a prompt carries images or video frames, not both")
+    if n_frames:
+        # As the cards' video callers number them ("Frame1:", no hyphen); the training code's
+        # "Frame-1:" is not what inference sends.
+        return "".join(f"Frame{number}: {IMAGE_PLACEHOLDER}\n" for number in range(1, n_frames + 1))
     if n_images == 0:
         return ""
     if n_images == 1 or multi_image == "combined":
@@ -54,20 +62,24 @@ def build_prompt(
     template: ChatTemplate,
     *,
     question: str,
-    n_images: int,
+    n_images: int = 0,
     multi_image: str = "numbered",
     history: list[tuple[str, str]] | None = None,
     system_message: str | None = None,
+    n_frames: int = 0,
 ) -> str:
-    """The chat-template text with each image (or all, when combined) as one ``<image>``.
+    """The chat-template text with each image (or all, when combined) or video frame as one ``<image>``.
 
-    Media placeholders belong to the first user turn, as upstream stores them in its history.
+    Media placeholders belong to the first user turn, as upstream stores them in its history; a first
+    turn that already has an ``<image>`` gets no prefix (upstream's ``chat()`` adds its ``<image>\\n``
+    only to a question without one).
     """
+    prefix = media_prefix(n_images, multi_image, n_frames=n_frames)
     turns: list[tuple[str, str | None]] = [(user, assistant) for user, assistant in (history or [])]
     turns.append((question, None))
     first_user = turns[0][0]
-    if n_images and IMAGE_PLACEHOLDER not in first_user:
-        turns[0] = (media_prefix(n_images, multi_image) + first_user, turns[0][1])
+    if prefix and IMAGE_PLACEHOLDER not in first_user:
+        turns[0] = (prefix + first_user, turns[0][1])
     return template.render(turns, system_message=system_message)
 
 
