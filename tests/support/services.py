@@ -149,7 +149,7 @@ class Stack:
                     "worker",
                     [
                         sys.executable, "-m", "celery", "-A", "workers.inference.celery_app", "worker",
-                        "-Q", "vlmq.inference", "--concurrency", "1", "--pool", "prefork",
+                        "--concurrency", "1", "--pool", "prefork",
                         "-n", f"test-{port}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
                     ],
                     env,
