@@ -124,3 +124,18 @@ def test_every_task_succeeds_end_to_end_on_each_seed_model(acme, model_id):
 def test_a_job_for_an_unknown_model_is_refused_with_the_registry_hint(acme):
     response = submit(acme, {"task": "caption", "model": "internvl9-1t"}, png_bytes())
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("model_id", SEED_MODELS)
+def test_plan_of_a_video_question_numbers_one_placeholder_per_frame(acme, model_id):
+    # given a video question with 3 frames (the plan reads no frames, so a file header suffices)
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(64)
+    request = {"task": "video_qa", "model": model_id, "prompt": "What happens?", "options": {"num_frames": 3}}
+
+    # when it is planned
+    plan = submit(acme, request, video, filename="clip.mp4", path="/v1/jobs/plan").json()
+
+    # then each frame is one tile under its own FrameN label on the first user turn
+    user_turn = "Frame1: <image>\nFrame2: <image>\nFrame3: <image>\nWhat happens?"
+    expected = PROMPTS["single"][TEMPLATE_OF[model_id]].replace("<image>\nWhat is red?", user_turn)
+    assert plan["prompt"] == expected and plan["image_tokens"] == 3 * 256
