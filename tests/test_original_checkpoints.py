@@ -12,7 +12,8 @@ from transformers import InternVLConfig, InternVLForConditionalGeneration
 
 from workers.inference.fixtures.original import SEED_ARCHITECTURES, original_config
 from workers.inference.runtime.checkpoint import CheckpointError, read_checkpoint
-from workers.inference.runtime.loading import load_model, load_tokenizer
+from workers.inference.runtime.device_map import cards_layer_split
+from workers.inference.runtime.loading import LoadOptions, load_model, load_tokenizer, split_over_gpus
 from workers.inference.runtime.original_checkpoint import (
     OriginalCheckpointError,
     internlm2_wqkv_rows,
@@ -203,3 +204,25 @@ def test_a_loaded_original_checkpoint_has_no_randomly_initialised_parameter(seed
         cls_token = handle.get_tensor("vision_model.embeddings.class_embedding")
     assert torch.equal(model.model.vision_tower.embeddings.cls_token, cls_token)
     assert model.config.tie_word_embeddings is False
+
+
+def test_a_seed_model_is_split_over_gpus_by_the_cards_rule_and_a_model_too_big_is_refused(seed_model_dirs):
+    # given the tiny InternVL2-1B checkpoint (2 LLM layers) and two GPUs with plenty of free memory
+    checkpoint = read_checkpoint(seed_model_dirs["internvl2-1b"])
+    assert checkpoint.num_layers == 2 and checkpoint.sizes.largest_layer_params > 0
+
+    # when it is planned in bf16
+    device_map = split_over_gpus(checkpoint, [80 << 30, 80 << 30], dtype=torch.bfloat16, headroom=0.9)
+
+    # then the vision side, embeddings, head and the last layer sit on GPU 0, as the cards place them
+    assert device_map["model.vision_tower"] == 0 and device_map["lm_head"] == 0
+    assert [device_map[f"model.language_model.layers.{layer}"] for layer in range(2)] == cards_layer_split(2, 2)
+    # and GPUs with almost no free memory give a clear error instead of an out-of-memory crash
+    with pytest.raises(CheckpointError, match="does not fit on the GPUs"):
+        split_over_gpus(checkpoint, [4 << 10, 4 << 10], dtype=torch.bfloat16, headroom=0.9)
+
+
+def test_eight_bit_loading_without_a_gpu_is_a_clear_error(seed_model_dirs):
+    checkpoint = read_checkpoint(seed_model_dirs["internvl2-1b"])
+    with pytest.raises(CheckpointError, match="8-bit loading needs a GPU"):
+        load_model(checkpoint, load_tokenizer(checkpoint), LoadOptions(device="cpu", load_in_8bit=True))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +33,12 @@ class CheckpointInfo:
     llm: str
     template: ChatTemplate
     system_message: str | None
-    params: int
     num_layers: int
+    sizes: WeightSizes
+
+    @property
+    def params(self) -> int:
+        return self.sizes.params
 
     def describe(self, model_id: str, *, is_default: bool, max_tiles: int = 40) -> dict:
         return {
@@ -47,9 +53,22 @@ class CheckpointInfo:
         }
 
 
-def _count_safetensors_params(path: Path) -> int:
-    """Sum of tensor sizes from each safetensors header (the header is JSON; no weights read)."""
-    total = 0
+# An LLM layer's tensors, in the original and the native naming.
+_LLM_LAYER = re.compile(r"^(?:language_model\.model|model\.language_model)\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class WeightSizes:
+    """Parameter counts from the safetensors headers (JSON; no weights read)."""
+
+    params: int = 0
+    largest_layer_params: int = 0  # one LLM layer; they are all alike
+    other_params: int = 0  # vision, projector, embeddings, head: what GPU 0 holds besides layers
+
+
+def read_weight_sizes(path: Path) -> WeightSizes:
+    per_layer: dict[int, int] = {}
+    other = 0
     for file in sorted(path.glob("*.safetensors")):
         with open(file, "rb") as handle:
             (header_size,) = struct.unpack("<Q", handle.read(8))
@@ -57,11 +76,12 @@ def _count_safetensors_params(path: Path) -> int:
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
-            count = 1
-            for dimension in entry["shape"]:
-                count *= dimension
-            total += count
-    return total
+            count = math.prod(entry["shape"])
+            if match := _LLM_LAYER.match(name):
+                per_layer[int(match.group(1))] = per_layer.get(int(match.group(1)), 0) + count
+            else:
+                other += count
+    return WeightSizes(other + sum(per_layer.values()), max(per_layer.values(), default=0), other)
 
 
 def read_checkpoint(path: Path) -> CheckpointInfo:
@@ -97,6 +117,6 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
         llm=llm,
         template=template,
         system_message=config.get("system_message"),
-        params=_count_safetensors_params(path),
         num_layers=int(text_config.get("num_hidden_layers", 0)),
+        sizes=read_weight_sizes(path),
     )

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
 from workers.inference.runtime.checkpoint import ORIGINAL_FORMAT, CheckpointError, CheckpointInfo
+from workers.inference.runtime.device_map import ModelDoesNotFit, plan_device_map
 from workers.inference.runtime.original_checkpoint import OriginalCheckpointError, native_config, plan_weights
 from workers.inference.runtime.prompts import IMAGE_CONTEXT
 from workers.inference.runtime.weights import PlannedStateDict
@@ -69,13 +70,28 @@ def load_tokenizer(checkpoint: CheckpointInfo):
     return tokenizer
 
 
-def _device_map(checkpoint: CheckpointInfo, device: torch.device) -> dict | str:
+def _device_map(checkpoint: CheckpointInfo, device: torch.device, dtype: torch.dtype, options: LoadOptions) -> dict:
+    """One device, or (``auto`` with several GPUs) the LLM's layers split over all of them."""
     if device.type != "cuda" or device.index is not None or torch.cuda.device_count() <= 1:
         return {"": device.index if device.type == "cuda" and device.index is not None else str(device)}
-    from workers.inference.runtime.device_map import plan_device_map
-
     free = [torch.cuda.mem_get_info(index)[0] for index in range(torch.cuda.device_count())]
-    return plan_device_map(checkpoint.num_layers, free)
+    return split_over_gpus(checkpoint, free, dtype=dtype, headroom=options.max_gpu_memory_fraction)
+
+
+def split_over_gpus(checkpoint: CheckpointInfo, free_bytes: list[int], *, dtype: torch.dtype, headroom: float) -> dict:
+    """The device map for GPUs with ``free_bytes`` each; a model that cannot fit is a clear error."""
+    element = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 1
+    sizes = checkpoint.sizes
+    try:
+        return plan_device_map(
+            checkpoint.num_layers,
+            free_bytes,
+            layer_bytes=sizes.largest_layer_params * element or None,
+            gpu0_fixed_bytes=sizes.other_params * element,
+            headroom=headroom,
+        )
+    except ModelDoesNotFit as error:
+        raise CheckpointError(f"{checkpoint.path.name} does not fit on the GPUs: {error}") from None
 
 
 def _quantization(options: LoadOptions, device: torch.device) -> dict:
@@ -95,9 +111,10 @@ def _quantization(options: LoadOptions, device: torch.device) -> dict:
 
 def load_model(checkpoint: CheckpointInfo, tokenizer, options: LoadOptions = LoadOptions()):
     device = pick_device(options.device)
+    dtype = pick_dtype(options.dtype, device)
     common = {
-        "dtype": pick_dtype(options.dtype, device),
-        "device_map": _device_map(checkpoint, device),
+        "dtype": dtype,
+        "device_map": _device_map(checkpoint, device, dtype, options),
         "attn_implementation": attention_implementation(device),
         **_quantization(options, device),
     }
