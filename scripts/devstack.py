@@ -61,7 +61,7 @@ def _base_url(settings: ApiSettings) -> str:
 def up(settings: ApiSettings) -> str:
     run_dir = _run_dir(settings)
     env = _environment(settings)
-    if settings.model_path is None:
+    if settings.model_path is None and not settings.models:
         subprocess.run(
             [sys.executable, "-m", "workers.inference.tiny_model", str(settings.resolved_model_path), "--if-missing"],
             check=True, env=env,
