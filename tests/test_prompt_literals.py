@@ -54,25 +54,8 @@ HERMES_2 = {
     "empty_system": "<|im_start|>system\n<|im_end|><|im_start|>user\nHi there<|im_end|><|im_start|>assistant\n",
 }
 
-INTERNLM2_CHAT = {
-    "caption": f"<|im_start|>system\n{SYS2}<|im_end|><|im_start|>user\n<image>\n{CAPTION}<|im_end|>"
-    "<|im_start|>assistant\n",
-    "numbered": f"<|im_start|>system\n{SYS2}<|im_end|><|im_start|>user\nImage-1: <image>\nImage-2: <image>\n"
-    "What differs?<|im_end|><|im_start|>assistant\n",
-    "combined": f"<|im_start|>system\n{SYS2}<|im_end|><|im_start|>user\n<image>\nWhat differs?<|im_end|>"
-    "<|im_start|>assistant\n",
-    "video": f"<|im_start|>system\n{SYS2}<|im_end|><|im_start|>user\nFrame1: <image>\nFrame2: <image>\n"
-    f"Frame3: <image>\n{CAPTION}<|im_end|><|im_start|>assistant\n",
-    "text_only": f"<|im_start|>system\n{SYS2}<|im_end|><|im_start|>user\nHi there<|im_end|><|im_start|>assistant\n",
-    "history": f"<|im_start|>system\n{SYS2}<|im_end|><|im_start|>user\n<image>\nWhat is in the image?<|im_end|>"
-    "<|im_start|>assistant\nA cat.<|im_end|><|im_start|>user\nWhat colour is it?<|im_end|>"
-    "<|im_start|>assistant\nBlack.<|im_end|><|im_start|>user\nIs it asleep?<|im_end|><|im_start|>assistant\n",
-    "empty_answer": f"<|im_start|>system\n{SYS2}<|im_end|><|im_start|>user\nTell me a joke.<|im_end|>"
-    "<|im_start|>assistant\n<|im_start|>user\nAnother one.<|im_end|><|im_start|>assistant\n",
-    "system_override": "<|im_start|>system\nAnswer briefly.<|im_end|><|im_start|>user\n<image>\nDescribe<|im_end|>"
-    "<|im_start|>assistant\n",
-    "empty_system": "<|im_start|>system\n<|im_end|><|im_start|>user\nHi there<|im_end|><|im_start|>assistant\n",
-}
+# REFERENCE.md: internlm2-chat has Hermes-2's system template, roles, separator and system message.
+INTERNLM2_CHAT = HERMES_2
 
 PHI3_CHAT = {
     "caption": f"<|system|>\n{SYS2}<|end|><|user|>\n<image>\n{CAPTION}<|end|><|assistant|>\n",
