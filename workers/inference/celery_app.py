@@ -8,6 +8,7 @@ loaded once per worker process, after the fork (``worker_process_init``), and ke
 from __future__ import annotations
 
 import logging
+import time
 
 from celery.signals import worker_process_init
 
@@ -38,8 +39,10 @@ def load_models(**_kwargs) -> None:
         source = settings.model_sources[model_id]
         log.info("loading %s from %s", model_id, source)
         try:
+            started = time.perf_counter()
             path = resolve_source(source, cache_dir=settings.resolved_hub_cache_dir, download=settings.hub_download)
             _runtimes[model_id] = InternVLRuntime.load(path, options)
+            log.info("loaded %s in %.1fs", model_id, time.perf_counter() - started)
         except Exception as error:  # any loader failure: bad directory, bad weights, out of memory
             log.exception("model %s could not be loaded", model_id)
             _load_errors[model_id] = f"{type(error).__name__}: {error}"

@@ -8,7 +8,14 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    PreTrainedConfig,
+    PreTrainedTokenizerFast,
+)
+from transformers.utils import logging as transformers_logging
 
 from workers.inference.runtime.checkpoint import ORIGINAL_FORMAT, CheckpointError, CheckpointInfo
 from workers.inference.runtime.device_map import ModelDoesNotFit, plan_device_map
@@ -17,6 +24,8 @@ from workers.inference.runtime.prompts import IMAGE_CONTEXT
 from workers.inference.runtime.weights import PlannedStateDict
 
 log = logging.getLogger("vlmq.worker")
+# Per-tensor progress bars would flood the worker's log; load time is logged once instead.
+transformers_logging.disable_progress_bar()
 
 # Tokenizer classes that exist only as remote code in the checkpoint. Their tokenizer.json (when
 # present) is a complete fast tokenizer, so it is loaded with the generic fast class instead.
@@ -63,7 +72,9 @@ def load_tokenizer(checkpoint: CheckpointInfo):
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     else:
         # config.json carries an auto_map: without an explicit False transformers asks interactively.
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        # An empty config keeps AutoTokenizer from reading config.json, whose model_type
+        # ("internvl_chat") it does not know; tokenizer_config.json names the class.
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, config=PreTrainedConfig())
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
