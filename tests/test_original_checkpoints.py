@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,10 +30,14 @@ def _native_parameter_names(config: dict) -> set[str]:
     return set(model.state_dict())
 
 
+GOLDEN = Path(__file__).parent / "data" / "golden"
+
+
+@pytest.mark.parametrize("saved_by", ["vlmq fixture", "upstream"])
 @pytest.mark.parametrize("model_id", sorted(SEED_ARCHITECTURES))
-def test_every_original_weight_lands_in_exactly_one_native_parameter(seed_model_dirs, model_id):
-    # given a tiny original-format checkpoint of a seed model
-    path = seed_model_dirs[model_id]
+def test_every_original_weight_lands_in_exactly_one_native_parameter(seed_model_dirs, model_id, saved_by):
+    # given a tiny original-format checkpoint of a seed model (vlmq's fixture, or saved by upstream)
+    path = seed_model_dirs[model_id] if saved_by == "vlmq fixture" else GOLDEN / model_id / "checkpoint"
     config = json.loads((path / "config.json").read_text())
     with safe_open(path / "model.safetensors", framework="pt") as handle:
         stored = {name: handle.get_slice(name).get_shape() for name in handle.keys()}

@@ -115,6 +115,7 @@ class InternVLRuntime:
                     preprocess_ms=item.preprocess_ms,
                     inference_ms=inference_ms,
                     boxes=self._boxes(item.request, text),
+                    token_ids=tokens,
                 )
             )
         return results

@@ -34,3 +34,4 @@ class GenerationResult:
     preprocess_ms: float
     inference_ms: float
     boxes: list[dict] | None = None
+    token_ids: list[int] = field(default_factory=list)  # generated, up to and including the stop token
