@@ -8,19 +8,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-from workers.inference.fixtures.original import SEED_ARCHITECTURES, original_config
+from workers.inference.fixtures.original import (
+    ALL_ARCHITECTURES,
+    FAMILY_ARCHITECTURES,
+    SEED_ARCHITECTURES,
+    build_original_checkpoint,
+    original_config,
+)
 from workers.inference.runtime.checkpoint import CheckpointError, read_checkpoint
 from workers.inference.runtime.device_map import cards_layer_split
 from workers.inference.runtime.loading import LoadOptions, load_model, load_tokenizer, split_over_gpus
+from workers.inference.runtime.model import InternVLRuntime
 from workers.inference.runtime.original_checkpoint import (
     OriginalCheckpointError,
     internlm2_wqkv_rows,
     native_config,
     plan_weights,
 )
+from workers.inference.runtime.requests import GenerationRequest
 from workers.inference.runtime.weights import LazyPiece, PlannedStateDict
 
 
@@ -33,11 +42,29 @@ def _native_parameter_names(config: dict) -> set[str]:
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
 
-@pytest.mark.parametrize("saved_by", ["vlmq fixture", "upstream"])
-@pytest.mark.parametrize("model_id", sorted(SEED_ARCHITECTURES))
-def test_every_original_weight_lands_in_exactly_one_native_parameter(seed_model_dirs, model_id, saved_by):
-    # given a tiny original-format checkpoint of a seed model (vlmq's fixture, or saved by upstream)
-    path = seed_model_dirs[model_id] if saved_by == "vlmq fixture" else GOLDEN / model_id / "checkpoint"
+@pytest.fixture(scope="module")
+def family_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The larger family members' layouts: InternViT-6B's vision encoder, a Llama LLM."""
+    root = tmp_path_factory.mktemp("family")
+    return {model_id: build_original_checkpoint(root / model_id, model_id) for model_id in FAMILY_ARCHITECTURES}
+
+
+def _checkpoint_dir(model_id, saved_by, seed_model_dirs, family_model_dirs) -> Path:
+    if saved_by == "upstream":
+        return GOLDEN / model_id / "checkpoint"
+    return (seed_model_dirs | family_model_dirs)[model_id]
+
+
+@pytest.mark.parametrize(
+    "model_id, saved_by",
+    [(model_id, "vlmq fixture") for model_id in sorted(ALL_ARCHITECTURES)]
+    + [(model_id, "upstream") for model_id in sorted(SEED_ARCHITECTURES)],
+)
+def test_every_original_weight_lands_in_exactly_one_native_parameter(
+    seed_model_dirs, family_model_dirs, model_id, saved_by
+):
+    # given a tiny original-format checkpoint (vlmq's fixture, or saved by upstream's classes)
+    path = _checkpoint_dir(model_id, saved_by, seed_model_dirs, family_model_dirs)
     config = json.loads((path / "config.json").read_text())
     with safe_open(path / "model.safetensors", framework="pt") as handle:
         stored = {name: handle.get_slice(name).get_shape() for name in handle.keys()}
@@ -231,3 +258,15 @@ def test_eight_bit_loading_without_a_gpu_is_a_clear_error(seed_model_dirs):
     checkpoint = read_checkpoint(seed_model_dirs["internvl2-1b"])
     with pytest.raises(CheckpointError, match="8-bit loading needs a GPU"):
         load_model(checkpoint, load_tokenizer(checkpoint), LoadOptions(device="cpu", load_in_8bit=True))
+
+
+@pytest.mark.parametrize("model_id", sorted(FAMILY_ARCHITECTURES))
+def test_the_larger_family_layouts_load_and_generate(family_model_dirs, model_id):
+    # given InternVL2-26B's layout (InternViT-6B: RMSNorm, q/k norms, no qkv bias) or a Llama LLM
+    checkpoint = read_checkpoint(family_model_dirs[model_id])
+    runtime = InternVLRuntime(checkpoint, load_model(checkpoint, load_tokenizer(checkpoint)), load_tokenizer(checkpoint))
+    # when an image question runs, then it answers with the requested number of tokens at most
+    (result,) = runtime.run([GenerationRequest("caption", None, [Image.new("RGB", (500, 300), "red")], max_tiles=2,
+                                               max_new_tokens=3)])
+    assert result.tiles == 3 and 1 <= result.output_tokens <= 3
+    assert runtime.model.model.vision_tower.config.use_qk_norm is True

@@ -37,14 +37,17 @@ _FAMILY_KEYS = {
     "qwen2": ("use_sliding_window", "sliding_window", "max_window_layers"),
     "phi3": ("original_max_position_embeddings", "sliding_window"),
     "internlm2": (),
+    "llama": ("attention_bias", "mlp_bias", "head_dim", "pretraining_tp"),
 }
-# The LLM classes of the original checkpoints and the native decoder each one becomes.
+# The LLM classes of the original checkpoints and the native decoder each one becomes
+# (Llama: InternVL2-40B / -Llama3-76B).
 LLM_FAMILIES = {
     "Qwen2ForCausalLM": "qwen2",
     "Phi3ForCausalLM": "phi3",
     "InternLM2ForCausalLM": "internlm2",
+    "LlamaForCausalLM": "llama",
 }
-_NATIVE_MODEL_TYPE = {"qwen2": "qwen2", "phi3": "phi3", "internlm2": "llama"}
+_NATIVE_MODEL_TYPE = {"qwen2": "qwen2", "phi3": "phi3", "internlm2": "llama", "llama": "llama"}
 
 
 class OriginalCheckpointError(ValueError):
@@ -69,6 +72,9 @@ def _rope_parameters(family: str, llm: dict) -> dict:
         return {"rope_type": "default", "rope_theta": theta}
     if kind in ("dynamic", "linear"):
         return {"rope_type": kind, "rope_theta": theta, "factor": float(scaling["factor"])}
+    if family == "llama" and kind == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        return {"rope_type": "llama3", "rope_theta": theta, **{key: scaling[key] for key in keys}}
     if family == "phi3" and kind in ("su", "longrope", "yarn"):
         # Upstream Phi-3 scales cos/sin by an attention factor even for short prompts. transformers
         # maps "su" and "yarn" both to "longrope" with the su factor, so the factor is set here.
@@ -187,7 +193,7 @@ _PROJECTOR_RENAMES = [
     (r"mlp1\.1\.", "model.multi_modal_projector.linear_1."),
     (r"mlp1\.3\.", "model.multi_modal_projector.linear_2."),
 ]
-# Qwen2 and Phi-3 already use the native decoder's module names.
+# Qwen2, Phi-3 and Llama already use the native decoder's module names.
 _DECODER_RENAMES = [
     (r"language_model\.model\.", "model.language_model."),
     (r"language_model\.lm_head\.", "lm_head."),
