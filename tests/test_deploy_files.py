@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -39,3 +40,12 @@ def test_compose_commands_name_modules_that_exist():
     targets = {service["build"]["target"] for service in compose()["services"].values() if "build" in service}
     assert targets == {"api", "worker"}
     assert all(f"AS {target}" in dockerfile for target in targets)
+
+
+def test_compose_registers_its_models_in_a_registry_both_api_and_worker_read():
+    # given the compose file's shared environment
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    # then API and worker see the same registry, valid JSON of id → path under the mounted /models
+    registries = {name: json.loads(services[name]["environment"]["VLMQ_MODELS"]) for name in ("api", "worker")}
+    assert registries["api"] == registries["worker"]
+    assert all(path.startswith("/models/") for path in registries["worker"].values())
