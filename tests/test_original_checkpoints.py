@@ -270,3 +270,14 @@ def test_the_larger_family_layouts_load_and_generate(family_model_dirs, model_id
                                                max_new_tokens=3)])
     assert result.tiles == 3 and 1 <= result.output_tokens <= 3
     assert runtime.model.model.vision_tower.config.use_qk_norm is True
+
+
+def test_the_bf16_path_runs_on_cpu_with_an_original_checkpoint(seed_model_dirs):
+    # given InternVL2-8B's layout loaded in bfloat16, the dtype a GPU gets
+    checkpoint = read_checkpoint(seed_model_dirs["internvl2-8b"])
+    tokenizer = load_tokenizer(checkpoint)
+    runtime = InternVLRuntime(checkpoint, load_model(checkpoint, tokenizer, LoadOptions(device="cpu", dtype="bfloat16")), tokenizer)
+    # when an image question runs, then pixels follow the weights' dtype and an answer comes back
+    assert runtime.dtype == torch.bfloat16 and runtime.model.lm_head.weight.dtype == torch.bfloat16
+    (result,) = runtime.run([GenerationRequest("vqa", "Red?", [Image.new("RGB", (64, 64), "red")], max_new_tokens=2)])
+    assert 1 <= result.output_tokens <= 2 and result.tiles == 1
