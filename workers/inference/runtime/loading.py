@@ -27,8 +27,7 @@ log = logging.getLogger("vlmq.worker")
 # Per-tensor progress bars would flood the worker's log; load time is logged once instead.
 transformers_logging.disable_progress_bar()
 
-# Tokenizer classes that exist only as remote code in the checkpoint. Their tokenizer.json (when
-# present) is a complete fast tokenizer, so it is loaded with the generic fast class instead.
+# Tokenizer classes that exist only as remote code in the checkpoint; vlmq loads their files itself.
 _REMOTE_TOKENIZER_CLASSES = {"InternLM2Tokenizer", "InternLM2TokenizerFast"}
 
 
@@ -64,12 +63,7 @@ def load_tokenizer(checkpoint: CheckpointInfo):
     config_path = path / "tokenizer_config.json"
     tokenizer_class = json.loads(config_path.read_text()).get("tokenizer_class") if config_path.is_file() else None
     if tokenizer_class in _REMOTE_TOKENIZER_CLASSES:
-        if not (path / "tokenizer.json").is_file():
-            raise CheckpointError(
-                f"{path} names the remote-code tokenizer {tokenizer_class} and has no tokenizer.json; "
-                "vlmq does not run checkpoint code: add a tokenizer.json (see README, 'Model weights')"
-            )
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        tokenizer = _load_internlm2_tokenizer(path, tokenizer_class)
     else:
         # config.json carries an auto_map: without an explicit False transformers asks interactively.
         # An empty config keeps AutoTokenizer from reading config.json, whose model_type
@@ -79,6 +73,21 @@ def load_tokenizer(checkpoint: CheckpointInfo):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _load_internlm2_tokenizer(path, tokenizer_class: str):
+    """A tokenizer.json is a complete fast tokenizer; the real checkpoints ship tokenizer.model only,
+    which vlmq's own SentencePiece class reads the way upstream's remote class does."""
+    if (path / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    if (path / "tokenizer.model").is_file():
+        from workers.inference.runtime.sentencepiece_tokenizer import InternLM2SentencePieceTokenizer
+
+        return InternLM2SentencePieceTokenizer.from_pretrained(path)
+    raise CheckpointError(
+        f"{path} names the remote-code tokenizer {tokenizer_class} but has neither tokenizer.json nor "
+        "tokenizer.model; vlmq does not run checkpoint code"
+    )
 
 
 def _device_map(checkpoint: CheckpointInfo, device: torch.device, dtype: torch.dtype, options: LoadOptions) -> dict:

@@ -37,6 +37,7 @@ class InternVLRuntime:
         self.dtype = model.model.vision_tower.embeddings.patch_embeddings.projection.weight.dtype
         self.template = checkpoint.template
         self.stop_token_id = tokenizer.convert_tokens_to_ids(self.template.stop_token)
+        self.vocab_limit = len(tokenizer)
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions = LoadOptions()) -> InternVLRuntime:
@@ -104,7 +105,9 @@ class InternVLRuntime:
             if self.stop_token_id in tokens:
                 tokens = tokens[: tokens.index(self.stop_token_id) + 1]
             tokens = [token for token in tokens if token != self.tokenizer.pad_token_id]
-            decoded = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            # The embedding table is padded past the tokenizer; ids beyond it have no text (and
+            # would make a SentencePiece decoder raise).
+            decoded = self.tokenizer.decode([t for t in tokens if t < self.vocab_limit], skip_special_tokens=True)
             text = decoded.split(self.template.stop_token)[0].strip()
             results.append(
                 GenerationResult(
