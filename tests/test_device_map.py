@@ -279,8 +279,8 @@ TINY_LAYERS = 5
 @pytest.fixture(scope="module", params=["qwen2", "llama", "phi3"])
 def tiny_native_model(request):
     """InternVLForConditionalGeneration with a tiny vision tower and a TINY_LAYERS-layer LLM, on meta."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     config = transformers.InternVLConfig(
         vision_config={
             "hidden_size": 32,
@@ -332,5 +332,5 @@ def test_the_native_model_has_the_modules_the_planner_names(tiny_native_model):
 
 
 def test_accelerate_accepts_the_map_for_a_native_model(tiny_native_model):
-    check_device_map = pytest.importorskip("accelerate.utils").check_device_map
+    from accelerate.utils import check_device_map
     check_device_map(tiny_native_model, plan_device_map(TINY_LAYERS, [80 * GiB] * 3))
