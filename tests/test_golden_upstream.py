@@ -25,7 +25,10 @@ from workers.inference.runtime.requests import GenerationRequest
 from workers.inference.runtime.tiling import image_to_pixel_values
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
-MODELS = ["internvl2-1b", "mini-internvl-chat-4b-v1-5", "internvl2-8b", "internvl2_5-4b"]
+# The four seeds, then the rest of the family: InternViT-6B vision with InternLM2 (26B) and Llama (76B).
+MODELS = [
+    "internvl2-1b", "mini-internvl-chat-4b-v1-5", "internvl2-8b", "internvl2_5-4b", "internvl2-26b", "internvl2-76b",
+]
 CASES = ["image", "video", "text"]
 VIDEO_QUESTION = "What happens in the video?"
 LOGIT_TOLERANCE = 1e-4

@@ -58,7 +58,7 @@ def _checkpoint_dir(model_id, saved_by, seed_model_dirs, family_model_dirs) -> P
 @pytest.mark.parametrize(
     "model_id, saved_by",
     [(model_id, "vlmq fixture") for model_id in sorted(ALL_ARCHITECTURES)]
-    + [(model_id, "upstream") for model_id in sorted(SEED_ARCHITECTURES)],
+    + [(path.parent.name, "upstream") for path in sorted(GOLDEN.glob("*/checkpoint"))],
 )
 def test_every_original_weight_lands_in_exactly_one_native_parameter(
     seed_model_dirs, family_model_dirs, model_id, saved_by

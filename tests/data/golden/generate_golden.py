@@ -17,7 +17,7 @@ the torchvision one, which reproduces exactly the four eval transforms upstream'
 ``build_transform`` uses (PIL bicubic resize, ToTensor, Normalize, Lambda/Compose).
 
 What it does, per seed model (internvl2-1b, mini-internvl-chat-4b-v1-5, internvl2-8b,
-internvl2_5-4b):
+internvl2_5-4b, internvl2-26b, internvl2-76b):
   1. builds a config dict with the keys of the real checkpoint's config.json but tiny sizes,
      instantiates upstream's InternVLChatConfig / InternVLChatModel from it (use_flash_attn=False,
      fp32, CPU, eval), overwrites EVERY parameter with seeded random values (no zero/one tensors),
@@ -277,6 +277,16 @@ def vision_config(name_or_path: str | None = None) -> dict:
     return cfg
 
 
+def vision_config_6b() -> dict:
+    """InternViT-6B-448px-V1-5 keys and non-size values (vision_config of InternVL2-26B/40B/76B):
+    RMSNorm instead of LayerNorm (weights only), q/k RMSNorm over all heads, no qkv bias,
+    initializer_factor 0.1, initializer_range 1e-10; tiny sizes as vision_config()."""
+    cfg = vision_config()
+    cfg.update({"initializer_factor": 0.1, "initializer_range": 1e-10, "norm_type": "rms_norm",
+                "qk_normalization": True, "qkv_bias": False})
+    return cfg
+
+
 def top_config(llm: dict, vision: dict, template: str) -> dict:
     return {
         "_commit_hash": None,
@@ -369,8 +379,45 @@ def config_internvl2_5_4b() -> dict:
     return top_config(llm, vision_config("OpenGVLab/InternViT-300M-448px-V2_5"), "internvl2_5")
 
 
+def config_internvl2_26b() -> dict:
+    llm = _legacy_generic()
+    llm.update({
+        "_name_or_path": "internlm/internlm2-chat-20b", "architectures": ["InternLM2ForCausalLM"],
+        "attn_implementation": "flash_attention_2",
+        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                     "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+                     "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
+        "bias": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+        "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 32768,
+        "model_type": "internlm2", "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 3.0, "type": "dynamic"}, "rope_theta": 1000000,
+        "tie_word_embeddings": False, "use_cache": True, **TINY_LLM,
+    })
+    # GQA 4:1 (the real 20B has 48 heads / 8 KV heads, 6:1); the 8B seed model covers 2:1
+    llm.update({"num_attention_heads": 8, "num_key_value_heads": 2})
+    return top_config(llm, vision_config_6b(), "internlm2-chat")
+
+
+def config_internvl2_76b() -> dict:
+    llm = _legacy_generic()
+    llm.update({
+        "_name_or_path": "NousResearch/Hermes-2-Theta-Llama-3-70B", "architectures": ["LlamaForCausalLM"],
+        "_attn_implementation": "flash_attention_2", "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 0, "eos_token_id": 2,  # tiny qwen2-family ids of <|endoftext|> / <|im_end|>
+        "hidden_act": "silu", "initializer_range": 0.02, "max_position_embeddings": 8192,
+        "model_type": "llama", "pad_token_id": None, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+        "rope_scaling": None, "rope_theta": 500000.0, "tie_word_embeddings": False,
+        "use_cache": True, **TINY_LLM,
+    })
+    # GQA 4:1 (the real 70B has 64 heads / 8 KV heads, 8:1)
+    llm.update({"num_attention_heads": 8, "num_key_value_heads": 2})
+    return top_config(llm, vision_config_6b(), "internlm2-chat")
+
+
 MODELS = [
     # name, config builder, tokenizer family, seed, provenance of the key layout
+    # (the seeds of internvl2-26b / -76b were picked among 5 candidates each, 10xx5 / 10xx6, for
+    # large top-2 logit margins in every case: the first candidates had margins down to 0.0009)
     ("internvl2-1b", config_internvl2_1b, "qwen2", 1001,
      "keys and non-size values as in a copy of the real InternVL2-1B config.json (llm_config "
      "'_attn_implementation': 'flash_attention_2', sliding_window 32768, no top-level "
@@ -388,9 +435,47 @@ MODELS = [
      "NOT verified against the real file (none found): InternVL2-1B's layout with "
      "Qwen2.5-3B-Instruct llm_config values (max_window_layers 70, rope_theta 1e6), V2_5 vision "
      "_name_or_path, template internvl2_5, 3 LLM layers"),
+    ("internvl2-26b", config_internvl2_26b, "internlm2", 1045,
+     "keys and non-size values as in a (third-party, transcribed) copy of the real InternVL2-26B "
+     "config.json: llm_config internlm2-chat-20b with attn_implementation flash_attention_2, auto_map, "
+     "rope_scaling dynamic 3.0, rope_theta 1e6, bias false, max_position_embeddings 32768, no "
+     "pretraining_tp; vision_config InternViT-6B-448px-V1-5 (norm_type rms_norm, qk_normalization true, "
+     "qkv_bias false, initializer_factor 0.1, initializer_range 1e-10); sizes tiny with 8 heads / "
+     "2 KV heads (head_dim 8), torch_dtype float32"),
+    ("internvl2-76b", config_internvl2_76b, "qwen2", 1046,
+     "NOT verified against the real file (none found): InternVL2-Llama3-76B layout assumed as the "
+     "common InternVL layout with a transformers-4.37 LlamaConfig llm_config carrying "
+     "Hermes-2-Theta-Llama-3-70B's known values (rope_theta 500000, rope_scaling null, "
+     "max_position_embeddings 8192, rms_norm_eps 1e-5, attention_bias false, pretraining_tp 1) and "
+     "'_attn_implementation' as in InternVL2-1B's transformers-class LLM; vision_config as "
+     "internvl2-26b (InternViT-6B-448px-V1-5); template internlm2-chat as upstream's own "
+     "InternVL2-Llama3-76B fine-tuning scripts set it (--conv_style internlm2-chat); tokenizer is the "
+     "tiny qwen2 family (ChatML tokens, no BOS), not Llama-3's; 8 heads / 2 KV heads"),
 ]
 
 NOTES = {
+    "internvl2-26b": {
+        "dynamic_rope": "upstream InternLM2DynamicNTKScalingRotaryEmbedding (factor 3.0) changes the base "
+                        "only when the sequence exceeds max_position_embeddings (32768); all cases are "
+                        "shorter, so plain RoPE with theta 1e6 applies",
+        "wqkv_layout": "[kv_heads=2, heads/kv_heads + 2 = 6, head_dim=8, hidden=64] flattened: per kv "
+                       "group its 4 query heads, then its key head, then its value head",
+        "vision": "InternViT-6B style: norm1/norm2 are RMSNorm (weight only, eps 1e-6), attn.q_norm / "
+                  "attn.k_norm are RMSNorm over all heads' concatenated q / k (hidden 32) before the "
+                  "head split, attn.qkv has no bias (attn.proj has one)",
+    },
+    "internvl2-76b": {
+        "tokenizer": "the real InternVL2-Llama3-76B uses Llama-3's tokenizer (ChatML tokens of "
+                     "Hermes-2-Theta, <|begin_of_text|> BOS added by the tokenizer); the project's tiny "
+                     "tokenizer builder has no Llama-3 family, so this uses the qwen2 family "
+                     "(<|endoftext|>, <|im_start|>, <|im_end|>, NO BOS): input_ids carry no BOS",
+        "template": "internlm2-chat, as in upstream's internvl_chat/shell/internvl2.0/2nd_finetune/"
+                    "internvl2_76b_hermes2_llama3_70b_dynamic_res_2nd_finetune_{full,lora}.sh "
+                    "(--conv_style, which internvl_chat_finetune.py stores as config.template); for "
+                    "inference identical to Hermes-2 (same system message, roles and sep <|im_end|>)",
+        "rope": "transformers' LlamaForCausalLM, default RoPE, rope_theta 500000 (llm_config level)",
+        "vision": "as internvl2-26b (InternViT-6B style: RMSNorm, q/k norm, no qkv bias)",
+    },
     "mini-internvl-chat-4b-v1-5": {
         "longrope_su_attention_factor": math.sqrt(1 + math.log(131072 / 4096) / math.log(4096)),
         "longrope": "upstream Phi3SuScaledRotaryEmbedding: inv_freq = 1/(factor_i * theta^(2i/d)) with "
