@@ -129,7 +129,8 @@ def _quantization(options: LoadOptions, device: torch.device) -> dict:
     }
 
 
-def load_model(checkpoint: CheckpointInfo, tokenizer, options: LoadOptions = LoadOptions()):
+def load_model(checkpoint: CheckpointInfo, tokenizer, options: LoadOptions | None = None):
+    options = options or LoadOptions()
     device = pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
     common = {

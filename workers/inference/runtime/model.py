@@ -40,7 +40,7 @@ class InternVLRuntime:
         self.vocab_limit = len(tokenizer)
 
     @classmethod
-    def load(cls, path: Path, options: LoadOptions = LoadOptions()) -> InternVLRuntime:
+    def load(cls, path: Path, options: LoadOptions | None = None) -> InternVLRuntime:
         checkpoint = read_checkpoint(path)
         tokenizer = load_tokenizer(checkpoint)
         return cls(checkpoint, load_model(checkpoint, tokenizer, options), tokenizer)
