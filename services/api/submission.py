@@ -93,6 +93,7 @@ def job_rows(
         "error": None,
         "attempts": 0,
         "created_at": now,
+        "enqueued_at": now,  # published right after the insert; the reaper re-publishes if lost
         "started_at": None,
         "finished_at": None,
     }

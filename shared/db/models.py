@@ -91,7 +91,13 @@ class Upload(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        # The reaper's scan: running jobs by lease expiry, queued jobs by when they were last published.
+        Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
+        Index("ux_jobs_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True),
+    )
 
     # Ids sort by creation time (see shared.ids), so "newest first" is ORDER BY id DESC.
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -111,6 +117,13 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # A running job's lease, renewed by its worker's heartbeat; once it lapses the reaper requeues it.
+    lease_expires_at: Mapped[datetime | None]
+    # When the job's id was last handed to the broker (the reaper re-publishes lost messages).
+    enqueued_at: Mapped[datetime | None]
+    # Idempotency-Key of the create request and the sha256 of its body (same key, other body → 409).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class JobResult(Base):

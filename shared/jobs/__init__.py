@@ -2,7 +2,16 @@
 
 from shared.jobs.errors import JobError, JobNotFound, StaleTransition
 from shared.jobs.states import JobStatus, JobTask
-from shared.jobs.transitions import fail_job, finish_job, start_job
+from shared.jobs.transitions import (
+    cancel_job,
+    fail_job,
+    finish_job,
+    mark_enqueued,
+    renew_lease,
+    requeue_expired_leases,
+    requeue_job,
+    start_job,
+)
 
 __all__ = [
     "JobError",
@@ -10,7 +19,12 @@ __all__ = [
     "JobStatus",
     "JobTask",
     "StaleTransition",
+    "cancel_job",
     "fail_job",
     "finish_job",
+    "mark_enqueued",
+    "renew_lease",
+    "requeue_expired_leases",
+    "requeue_job",
     "start_job",
 ]

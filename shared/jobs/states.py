@@ -20,7 +20,8 @@ TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.failed, JobStatus.canceled}),
-    JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled}),
+    # running → queued: the lease lapsed (the worker died) or a transient failure is retried.
+    JobStatus.running: frozenset({JobStatus.queued, JobStatus.succeeded, JobStatus.failed, JobStatus.canceled}),
     JobStatus.succeeded: frozenset(),
     JobStatus.failed: frozenset(),
     JobStatus.canceled: frozenset(),

@@ -6,9 +6,10 @@ workers racing on one job cannot both win, and a stale attempt cannot overwrite 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import Job, JobResult, utcnow
@@ -41,18 +42,95 @@ def _transition(
         )
 
 
-def start_job(session: Session, job_id: str, *, seen_attempts: int) -> int:
-    """queued → running; returns the attempt number this run owns."""
+def start_job(session: Session, job_id: str, *, seen_attempts: int, lease_s: float = 30.0) -> int:
+    """queued → running under a lease of ``lease_s``; returns the attempt number this run owns."""
     attempt = seen_attempts + 1
+    now = utcnow()
     _transition(
         session,
         job_id,
         from_status=JobStatus.queued,
         to_status=JobStatus.running,
         attempt=seen_attempts,
-        values={"attempts": attempt, "started_at": utcnow()},
+        values={"attempts": attempt, "started_at": now, "lease_expires_at": now + timedelta(seconds=lease_s)},
     )
     return attempt
+
+
+def renew_lease(session: Session, job_id: str, *, attempt: int, lease_s: float) -> bool:
+    """Extend a running attempt's lease. False: the attempt lost the job (canceled, or requeued
+    after its lease lapsed), and its worker must stop and write nothing."""
+    outcome = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return outcome.rowcount == 1
+
+
+def requeue_job(session: Session, job_id: str, *, attempt: int) -> None:
+    """running → queued for another attempt (a transient failure); the caller publishes it again."""
+    _transition(
+        session,
+        job_id,
+        from_status=JobStatus.running,
+        to_status=JobStatus.queued,
+        attempt=attempt,
+        values={"lease_expires_at": None, "enqueued_at": utcnow()},
+    )
+
+
+def requeue_expired_leases(session: Session, *, now: datetime | None = None, limit: int = 500) -> list[str]:
+    """running → queued for every job whose lease lapsed (its worker died); returns their ids,
+    which the caller publishes again. Each row moves under compare-and-set, so reapers may race."""
+    now = now or utcnow()
+    expired = session.execute(
+        select(Job.id, Job.attempts)
+        .where(Job.status == JobStatus.running.value, Job.lease_expires_at < now)
+        .limit(limit)
+    ).all()
+    requeued = []
+    for job_id, attempt in expired:
+        outcome = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt)
+            .where(Job.lease_expires_at < now)
+            .values(status=JobStatus.queued.value, lease_expires_at=None, enqueued_at=now)
+        )
+        if outcome.rowcount == 1:
+            requeued.append(job_id)
+    return requeued
+
+
+def mark_enqueued(session: Session, job_ids: list[str], *, now: datetime | None = None) -> None:
+    """Record that these queued jobs' ids were (re)published to the broker."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.queued.value)
+            .values(enqueued_at=now or utcnow())
+        )
+
+
+def cancel_job(session: Session, job_id: str) -> JobStatus:
+    """queued|running → canceled. A running attempt notices at its next heartbeat (its lease can no
+    longer be renewed) and stops at a safe point; any result it produces is then rejected.
+    Returns the status the job was canceled from; StaleTransition if it had already ended."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise JobNotFound(job_id)
+    from_status = JobStatus(job.status)
+    if from_status.is_terminal():
+        raise StaleTransition(f"job {job_id} is already {from_status.value}")
+    _transition(
+        session,
+        job_id,
+        from_status=from_status,
+        to_status=JobStatus.canceled,
+        attempt=job.attempts,
+        values={"finished_at": utcnow(), "lease_expires_at": None, "error": {"code": "canceled", "message": "canceled by request"}},
+    )
+    return from_status
 
 
 def finish_job(session: Session, job_id: str, *, attempt: int, result: dict[str, Any]) -> None:
@@ -63,7 +141,7 @@ def finish_job(session: Session, job_id: str, *, attempt: int, result: dict[str,
         from_status=JobStatus.running,
         to_status=JobStatus.succeeded,
         attempt=attempt,
-        values={"finished_at": utcnow(), "error": None},
+        values={"finished_at": utcnow(), "error": None, "lease_expires_at": None},
     )
     session.add(JobResult(job_id=job_id, attempt=attempt, result=result))
 
@@ -84,5 +162,5 @@ def fail_job(
         from_status=from_status,
         to_status=JobStatus.failed,
         attempt=attempt,
-        values={"finished_at": utcnow(), "error": {"code": code, "message": message}},
+        values={"finished_at": utcnow(), "error": {"code": code, "message": message}, "lease_expires_at": None},
     )
