@@ -132,6 +132,20 @@ class WorkerSettings(CommonSettings):
         description='Model ids this worker loads and whose queues it consumes, JSON list; default: all.',
     )
     load_in_8bit: bool = Field(default=False, description="8-bit LLM weights (needs a GPU and bitsandbytes).")
+    # Crash safety: a running job's lease is renewed every heartbeat_s; a reaper in every worker
+    # requeues jobs whose lease lapsed (their worker died) and re-publishes queued jobs whose
+    # message the broker lost. lease_s + reaper_interval_s bounds how late a crash is noticed.
+    lease_s: float = Field(default=30.0, gt=0)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    reaper_interval_s: float = Field(default=10.0, gt=0)
+    requeue_after_s: float = Field(default=60.0, gt=0, description="A queued job unseen this long is re-published.")
+    job_timeout_s: float = Field(default=900.0, gt=0, description="A job running longer fails with code timeout.")
+
+    @model_validator(mode="after")
+    def _heartbeat_well_inside_the_lease(self) -> WorkerSettings:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError("VLMQ_HEARTBEAT_S must be at most half of VLMQ_LEASE_S, or healthy jobs lose their lease")
+        return self
 
     @property
     def served_models(self) -> list[str]:

@@ -144,24 +144,29 @@ class Stack:
             ManagedProcess("api", [sys.executable, "-m", "services.api"], env, data_dir / "api.log").start()
         )
         if with_worker:
-            stack.processes.append(
-                ManagedProcess(
-                    "worker",
-                    [
-                        sys.executable, "-m", "celery", "-A", "workers.inference.celery_app", "worker",
-                        "--concurrency", "1", "--pool", "prefork",
-                        "-n", f"test-{port}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-                    ],
-                    env,
-                    data_dir / "worker.log",
-                ).start()
-            )
+            stack.add_worker("worker")
         try:
             wait_until(stack._ready, timeout_s=60, what="the API's /readyz")
         except TimeoutError:
             stack.stop()
             raise RuntimeError(f"API did not start:\n{stack.processes[0].log_tail()}") from None
         return stack
+
+    def add_worker(self, name: str) -> ManagedProcess:
+        """Another inference worker process (one pool process) against the same services."""
+        worker = ManagedProcess(
+            name,
+            [
+                sys.executable, "-m", "celery", "-A", "workers.inference.celery_app", "worker",
+                "--concurrency", "1", "--pool", "prefork",
+                "-n", f"{name}-{self.env['VLMQ_API_PORT']}@%h", "--loglevel", "INFO", "--without-gossip",
+                "--without-mingle",
+            ],
+            self.env,
+            self.data_dir / f"{name}.log",
+        ).start()
+        self.processes.append(worker)
+        return worker
 
     def _ready(self) -> bool:
         if not self.processes[0].alive():
@@ -174,3 +179,41 @@ class Stack:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+class RedisServer:
+    """A Redis of a test's own on a free port, keeping nothing on disk, so it can be restarted
+    (and lose every message) without touching the Redis the rest of the suite uses."""
+
+    def __init__(self, data_dir: Path):
+        self.port, self.data_dir = free_port(), data_dir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.data_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        wait_until(self._answers, timeout_s=20, what="redis-server")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from shared.config.settings import get_worker_settings
 from shared.jobs.states import JobTask
@@ -48,13 +48,21 @@ def load_models(**_kwargs) -> None:
             _load_errors[model_id] = f"{type(error).__name__}: {error}"
 
 
-def _run_batch(model_id: str, requests):
+@worker_ready.connect
+def start_reaper(**_kwargs) -> None:
+    """In the worker's main process: requeue jobs of dead workers, re-publish lost messages."""
+    from workers.inference.reaper import Reaper
+
+    Reaper(app, settings).start()
+
+
+def _run_batch(model_id: str, requests, should_stop):
     if not _runtimes and not _load_errors:  # a solo pool has no fork: load on first use
         load_models()
     if model_id not in _runtimes:
         reason = _load_errors.get(model_id, "this worker does not serve it")
         raise JobFailure("model_unavailable", f"model {model_id!r} could not be loaded: {reason}"[:500])
-    return _runtimes[model_id].run(requests)
+    return _runtimes[model_id].run(requests, should_stop)
 
 
 def _run(job_id: str) -> str | None:

@@ -18,6 +18,7 @@ from shared.db.models import Job, utcnow
 from shared.jobs import JobStatus, JobTask, StaleTransition, fail_job, finish_job, start_job
 from shared.jobs.states import RUNNABLE_TASKS
 from shared.storage import ObjectStore, StorageError
+from workers.inference.lease import LeaseHeartbeat
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
 
 log = logging.getLogger("vlmq.worker")
@@ -79,14 +80,12 @@ def _result_body(job: Job, result: GenerationResult) -> dict:
     return body
 
 
-def execute_job(
-    job_id: str,
-    *,
-    settings: WorkerSettings,
-    store: ObjectStore,
-    run_batch: Callable[[str, list[GenerationRequest]], list[GenerationResult]],
-) -> str | None:
-    """Returns the job's final status, or None when this delivery had nothing to do."""
+RunBatch = Callable[[str, list[GenerationRequest], Callable[[], bool]], list[GenerationResult]]
+
+
+def execute_job(job_id: str, *, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch) -> str | None:
+    """Returns the job's final status, or None when this delivery had nothing to do (a duplicate,
+    or an attempt that lost its lease to a cancel or a requeue)."""
     database_url = settings.resolved_database_url
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)
@@ -94,26 +93,43 @@ def execute_job(
             log.info("job %s is %s: nothing to do", job_id, job.status if job else "gone")
             return None
         try:
-            attempt = start_job(session, job_id, seen_attempts=job.attempts)
+            attempt = start_job(session, job_id, seen_attempts=job.attempts, lease_s=settings.lease_s)
         except StaleTransition:
             return None
-    with session_scope(database_url) as session:
+    log.info("job %s attempt %d started", job_id, attempt)
+    heartbeat = LeaseHeartbeat(
+        database_url, job_id, attempt, lease_s=settings.lease_s, interval_s=settings.heartbeat_s,
+        deadline_s=settings.job_timeout_s,
+    )
+    with heartbeat, session_scope(database_url) as session:
         job = session.get(Job, job_id)
         try:
             if JobTask(job.task) not in RUNNABLE_TASKS:
                 raise JobFailure("unsupported_task", f"this deployment cannot run {job.task} jobs yet")
             images = _load_images(store, job.input.get("items", []))
-            (result,) = run_batch(job.model, [_request_for(job, images)])
+            (result,) = run_batch(job.model, [_request_for(job, images)], heartbeat.should_stop)
+            if heartbeat.lost.is_set():  # canceled or requeued while running: this attempt writes nothing
+                log.info("job %s attempt %d stopped after %d tokens: lease lost", job_id, attempt, result.output_tokens)
+                return None
+            if heartbeat.timed_out():
+                raise JobFailure("timeout", f"the job ran longer than {settings.job_timeout_s:g} s")
             body = _result_body(job, result)
         except JobFailure as failure:
-            fail_job(session, job_id, from_status=JobStatus.running, attempt=attempt, code=failure.code, message=failure.message)
-            return JobStatus.failed.value
+            return _fail(session, job_id, attempt, failure.code, failure.message)
         except Exception as error:  # the model or a library broke: fail the job, keep the worker
             log.exception("job %s failed", job_id)
-            fail_job(
-                session, job_id, from_status=JobStatus.running, attempt=attempt, code="model_error",
-                message=f"{type(error).__name__}: {error}"[:500],
-            )
-            return JobStatus.failed.value
-        finish_job(session, job_id, attempt=attempt, result=body)
+            return _fail(session, job_id, attempt, "model_error", f"{type(error).__name__}: {error}"[:500])
+        try:
+            finish_job(session, job_id, attempt=attempt, result=body)
+        except StaleTransition:
+            log.info("job %s attempt %d finished after losing its lease: result rejected", job_id, attempt)
+            return None
         return JobStatus.succeeded.value
+
+
+def _fail(session, job_id: str, attempt: int, code: str, message: str) -> str | None:
+    try:
+        fail_job(session, job_id, from_status=JobStatus.running, attempt=attempt, code=code, message=message)
+    except StaleTransition:
+        return None
+    return JobStatus.failed.value

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from workers.inference.runtime.checkpoint import CheckpointInfo, read_checkpoint
 from workers.inference.runtime.grounding import parse_boxes
@@ -16,6 +18,16 @@ from workers.inference.runtime.loading import LoadOptions, load_model, load_toke
 from workers.inference.runtime.prompts import build_prompt, expand_image_placeholders, question_for
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
 from workers.inference.runtime.tiling import image_to_pixel_values, tiles_per_image
+
+
+class _PollStop(StoppingCriteria):
+    """Ends every sequence of the batch once ``should_stop()`` says so (a safe point: between steps)."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -64,19 +76,21 @@ class InternVLRuntime:
         pixel_values = np.concatenate(pixel_arrays) if pixel_arrays else None
         return _Prepared(request, text, pixel_values, sum(tiles), (time.perf_counter() - started) * 1000)
 
-    def run(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def run(self, requests: list[GenerationRequest], should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
+        """``should_stop`` is polled between decode steps: the jobs were canceled or lost their lease,
+        or ran out of time; generation then ends early and the caller discards the results."""
         prepared = [self.prepare(request) for request in requests]
         results: list[GenerationResult | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             groups[request.sampling_key()].append(index)
         for indices in groups.values():
-            for index, result in zip(indices, self._generate([prepared[i] for i in indices]), strict=True):
+            for index, result in zip(indices, self._generate([prepared[i] for i in indices], should_stop), strict=True):
                 results[index] = result
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _generate(self, batch: list[_Prepared]) -> list[GenerationResult]:
+    def _generate(self, batch: list[_Prepared], should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
         started = time.perf_counter()
         encoded = self.tokenizer([item.text for item in batch], return_tensors="pt", padding=True).to(self.device)
         arrays = [item.pixel_values for item in batch if item.pixel_values is not None]
@@ -94,6 +108,7 @@ class InternVLRuntime:
             **media,
             max_new_tokens=request.max_new_tokens,
             eos_token_id=self.stop_token_id,
+            stopping_criteria=StoppingCriteriaList([_PollStop(should_stop)]) if should_stop else None,
             pad_token_id=self.tokenizer.pad_token_id,
             **sampling,
         )

@@ -1,0 +1,138 @@
+"""Crash safety with real processes: a worker killed mid-job, a broker that forgets every message.
+
+This module runs its own stack (a fresh PostgreSQL database, a Redis server of its own that keeps
+nothing on disk, an API and two workers) with short leases, so a crash is noticed in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from shared.db.models import JobResult
+from tests.support.media import wait_for_job
+from tests.support.services import RedisServer, Stack, create_database, drop_database, migrate, wait_until
+
+KEY = "key-crash-0123456789"
+LONG_CHAT = {"task": "chat", "prompt": "Tell me a long story.", "options": {"max_new_tokens": 4096}}
+
+
+@pytest.fixture(scope="module")
+def crash_stack(stack_env, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("crash")
+    redis_server = RedisServer(data_dir / "redis").start()
+    name, database_url = create_database()
+    migrate(database_url)
+    env = {
+        **stack_env,
+        "VLMQ_DATABASE_URL": database_url,
+        "VLMQ_BROKER_URL": redis_server.url,
+        "VLMQ_API_KEYS": f"crash:{KEY}",
+        # Short enough that a dead worker's job is requeued within seconds.
+        "VLMQ_LEASE_S": "4",
+        "VLMQ_HEARTBEAT_S": "1",
+        "VLMQ_REAPER_INTERVAL_S": "1",
+        "VLMQ_REQUEUE_AFTER_S": "3",
+    }
+    stack = Stack.start(env, data_dir)
+    stack.add_worker("worker-b")
+    stack.redis, stack.database_url = redis_server, database_url
+    yield stack
+    stack.stop()
+    redis_server.stop()
+    drop_database(name)
+
+
+@pytest.fixture()
+def client(crash_stack):
+    with httpx.Client(base_url=crash_stack.api_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
+        yield c
+
+
+def _result_rows(database_url: str, job_id: str) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(func.count()).where(JobResult.job_id == job_id)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _worker_running(stack: Stack, job_id: str):
+    for process in stack.processes[1:]:
+        if process.alive() and f"job {job_id} attempt 1 started" in process.log_path.read_text(errors="replace"):
+            return process
+    return None
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_succeeds_once(crash_stack, client):
+    # given a long job that one of two workers has started
+    job_id = client.post("/v1/jobs", json=LONG_CHAT).json()["id"]
+    victim = wait_until(lambda: _worker_running(crash_stack, job_id), timeout_s=60, what="the job to start")
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+
+    # when that worker is killed outright, pool process and all
+    os.killpg(victim.process.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    # then the other worker re-runs it after the lease lapses, and it succeeds with one result
+    job = wait_for_job(client, job_id, timeout_s=90)
+    assert job["status"] == "succeeded", job["error"]
+    assert time.monotonic() - killed_at < 90
+    assert job["attempts"] == 2
+    assert _result_rows(crash_stack.database_url, job_id) == 1
+    crash_stack.add_worker("worker-c")  # back to two workers for the next test
+
+
+def test_a_broker_restarted_without_persistence_loses_no_queued_job(crash_stack, client):
+    # given 50 jobs submitted, most still queued
+    ids = [
+        client.post("/v1/jobs", json={"task": "chat", "prompt": f"Count to {n}.", "options": {"max_new_tokens": 24}})
+        .json()["id"]
+        for n in range(50)
+    ]
+
+    # when Redis restarts and forgets every message it held
+    crash_stack.redis.restart()
+
+    # then the database re-publishes what the broker lost: all 50 succeed, none runs twice
+    jobs = [wait_for_job(client, job_id, timeout_s=180) for job_id in ids]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 50, [job["error"] for job in jobs if job["error"]]
+    assert all(job["attempts"] == 1 for job in jobs)
+    assert all(_result_rows(crash_stack.database_url, job_id) == 1 for job_id in ids)
+    # and it was the reaper that brought the lost ones back
+    assert _republished(crash_stack) > 0
+
+
+def _republished(stack: Stack) -> int:
+    pattern = re.compile(r"reaper: \d+ jobs requeued after a lapsed lease, (\d+) lost messages re-published")
+    logs = "".join(process.log_path.read_text(errors="replace") for process in stack.processes[1:])
+    return sum(int(count) for count in pattern.findall(logs))
+
+
+def test_a_canceled_running_job_stops_at_the_next_decode_step_and_writes_nothing(crash_stack, client):
+    from shared.db.engine import session_scope
+    from shared.jobs import cancel_job
+
+    # given a long job a worker is generating
+    job_id = client.post("/v1/jobs", json=LONG_CHAT).json()["id"]
+    worker = wait_until(lambda: _worker_running(crash_stack, job_id), timeout_s=60, what="the job to start")
+
+    # when it is canceled
+    with session_scope(crash_stack.database_url) as session:
+        cancel_job(session, job_id)
+
+    # then its worker stops generating long before max_new_tokens, and no result is stored
+    stopped = re.compile(rf"job {job_id} attempt 1 stopped after (\d+) tokens: lease lost")
+    match = wait_until(lambda: stopped.search(worker.log_path.read_text(errors="replace")), timeout_s=30,
+                       what="the worker to stop")
+    assert int(match.group(1)) < LONG_CHAT["options"]["max_new_tokens"]
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled" and job["result"] is None
+    assert _result_rows(crash_stack.database_url, job_id) == 0

@@ -1,0 +1,91 @@
+"""The database is the source of truth; the broker is only a doorbell. The reaper rings it again.
+
+Every worker's main process runs one (a thread; no torch there). Each pass:
+- running jobs whose lease lapsed (their worker died mid-job) go back to queued and are published
+  again, so another worker re-runs them — while the broker's own redelivery (visibility timeout,
+  hours) stays far longer than any healthy job;
+- queued jobs not published for ``requeue_after_s`` are published again when their model's queue
+  is empty — the broker lost their messages (a Redis restart without persistence). A duplicate
+  message is harmless: starting a job is a compare-and-set, so only one delivery runs it.
+Reapers in several workers may race; every change is a compare-and-set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from celery import Celery
+from sqlalchemy import select
+
+from shared.config.settings import WorkerSettings
+from shared.db.engine import session_scope
+from shared.db.models import Job, utcnow
+from shared.jobs import JobStatus, mark_enqueued, requeue_expired_leases
+from shared.queue import queue_for, task_name_for
+
+log = logging.getLogger("vlmq.reaper")
+
+
+class Reaper:
+    def __init__(self, app: Celery, settings: WorkerSettings):
+        self.app, self.settings = app, settings
+        self.database_url = settings.resolved_database_url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="vlmq-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reaper_interval_s):
+            try:
+                self.run_once()
+            except Exception:  # database or broker down: the next pass tries again
+                log.warning("reaper pass failed", exc_info=True)
+
+    def run_once(self) -> tuple[int, int]:
+        """Returns (jobs requeued after a lapsed lease, queued jobs re-published)."""
+        with session_scope(self.database_url) as session:
+            requeued = requeue_expired_leases(session)
+            expired = self._rows(session, Job.id.in_(requeued)) if requeued else []
+        self._publish(expired)
+        republished = 0
+        for model_id in self.settings.model_sources:
+            cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after_s)
+            with session_scope(self.database_url) as session:
+                stale = self._rows(
+                    session,
+                    Job.status == JobStatus.queued.value,
+                    Job.model == model_id,
+                    Job.enqueued_at < cutoff,
+                )
+            if stale and self._queue_length(queue_for(model_id)) == 0:
+                self._publish(stale)
+                with session_scope(self.database_url) as session:
+                    mark_enqueued(session, [job_id for job_id, _, _ in stale])
+                republished += len(stale)
+        if expired or republished:
+            log.info("reaper: %d jobs requeued after a lapsed lease, %d lost messages re-published",
+                     len(expired), republished)
+        return len(expired), republished
+
+    @staticmethod
+    def _rows(session, *conditions, limit: int = 1000) -> list[tuple[str, str, str]]:
+        statement = select(Job.id, Job.task, Job.model).where(*conditions).order_by(Job.id).limit(limit)
+        return [tuple(row) for row in session.execute(statement).all()]
+
+    def _publish(self, rows: list[tuple[str, str, str]]) -> None:
+        for job_id, task, model_id in rows:
+            self.app.send_task(task_name_for(task), args=[job_id], queue=queue_for(model_id))
+
+    def _queue_length(self, queue: str) -> int:
+        try:
+            with self.app.connection_for_write() as connection:
+                return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except Exception:  # an empty Redis queue does not exist at all: passive declare refuses it
+            return 0
