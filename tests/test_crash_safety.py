@@ -16,8 +16,16 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from shared.db.models import JobResult
-from tests.support.media import wait_for_job
-from tests.support.services import RedisServer, Stack, create_database, drop_database, migrate, wait_until
+from tests.support.media import png_bytes, submit, wait_for_job
+from tests.support.services import (
+    RedisServer,
+    Stack,
+    TcpRelay,
+    create_database,
+    drop_database,
+    migrate,
+    wait_until,
+)
 
 KEY = "key-crash-0123456789"
 LONG_CHAT = {"task": "chat", "prompt": "Tell me a long story.", "options": {"max_new_tokens": 4096}}
@@ -136,3 +144,31 @@ def test_a_canceled_running_job_stops_at_the_next_decode_step_and_writes_nothing
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "canceled" and job["result"] is None
     assert _result_rows(crash_stack.database_url, job_id) == 0
+
+
+def test_storage_unreachable_is_retried_with_backoff_then_fails_with_a_reason(crash_stack, client):
+    # given only workers that reach S3 through a link that can be cut (the API reaches it directly)
+    for process in crash_stack.processes[1:]:
+        process.stop()
+    endpoint_port = int(crash_stack.env["VLMQ_STORAGE_URL"].rsplit(":", 1)[1])
+    relay = TcpRelay(endpoint_port)
+    storage_url = crash_stack.env["VLMQ_STORAGE_URL"].replace(f":{endpoint_port}", f":{relay.port}")
+    worker = crash_stack.add_worker("worker-s3", VLMQ_STORAGE_URL=storage_url, VLMQ_RETRY_BACKOFF_S="1")
+
+    # when the link is down while a job starts, and comes back a moment later
+    relay.cut()
+    recovered = submit(client, {"task": "caption", "options": {"max_new_tokens": 2}}, png_bytes()).json()["id"]
+    first_try_failed = f"job {recovered} attempt 1: media"
+    wait_until(lambda: first_try_failed in worker.log_path.read_text(errors="replace"), timeout_s=90, what="a retry")
+    relay.restore()
+
+    # then the job is retried and succeeds
+    job = wait_for_job(client, recovered, timeout_s=60)
+    assert job["status"] == "succeeded" and job["attempts"] >= 2, job
+
+    # and when the link stays down, the job fails after the bounded attempts, with its reason
+    relay.cut()
+    doomed = submit(client, {"task": "caption", "options": {"max_new_tokens": 2}}, png_bytes()).json()["id"]
+    job = wait_for_job(client, doomed, timeout_s=90)
+    assert job["status"] == "failed" and job["attempts"] == 3
+    assert job["error"]["code"] == "media_unavailable" and "after 3 attempts" in job["error"]["message"]

@@ -140,6 +140,8 @@ class WorkerSettings(CommonSettings):
     reaper_interval_s: float = Field(default=10.0, gt=0)
     requeue_after_s: float = Field(default=60.0, gt=0, description="A queued job unseen this long is re-published.")
     job_timeout_s: float = Field(default=900.0, gt=0, description="A job running longer fails with code timeout.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
+    retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
 
     @model_validator(mode="after")
     def _heartbeat_well_inside_the_lease(self) -> WorkerSettings:

@@ -95,6 +95,8 @@ class S3ObjectStore:
             if _is_missing(error):
                 raise ObjectNotFound(key) from error
             raise StorageError(str(error)) from error
+        except BotoCoreError as error:  # endpoint unreachable, connection reset: worth a retry
+            raise StorageError(str(error)) from error
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
@@ -109,7 +111,10 @@ class S3ObjectStore:
             body.close()
 
     def read(self, key: str) -> bytes:
-        return self._get(key).read()
+        try:
+            return self._get(key).read()
+        except BotoCoreError as error:  # the body stream broke off
+            raise StorageError(str(error)) from error
 
     def move(self, source: str, destination: str) -> None:
         try:

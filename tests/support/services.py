@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -152,7 +154,7 @@ class Stack:
             raise RuntimeError(f"API did not start:\n{stack.processes[0].log_tail()}") from None
         return stack
 
-    def add_worker(self, name: str) -> ManagedProcess:
+    def add_worker(self, name: str, **env_overrides: str) -> ManagedProcess:
         """Another inference worker process (one pool process) against the same services."""
         worker = ManagedProcess(
             name,
@@ -162,7 +164,7 @@ class Stack:
                 "-n", f"{name}-{self.env['VLMQ_API_PORT']}@%h", "--loglevel", "INFO", "--without-gossip",
                 "--without-mingle",
             ],
-            self.env,
+            {**self.env, **env_overrides},
             self.data_dir / f"{name}.log",
         ).start()
         self.processes.append(worker)
@@ -217,3 +219,46 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class TcpRelay:
+    """A real network fault: forwards loopback connections to ``target_port`` until cut, then
+    resets every connection (open or new) until restored."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.port = target_port, free_port()
+        self._up = threading.Event()
+        self._up.set()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self._up.clear()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._open.clear()
+
+    def restore(self) -> None:
+        self._up.set()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._listener.accept()
+            if not self._up.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -14,7 +14,7 @@ from celery.signals import worker_process_init, worker_ready
 
 from shared.config.settings import get_worker_settings
 from shared.jobs.states import JobTask
-from shared.queue import create_celery, task_name_for
+from shared.queue import create_celery, queue_for, task_name_for
 from shared.storage import open_store
 from workers.inference.execute import JobFailure, execute_job
 
@@ -65,8 +65,15 @@ def _run_batch(model_id: str, requests, should_stop):
     return _runtimes[model_id].run(requests, should_stop)
 
 
+def _retry_later(job_id: str, task: str, model_id: str, delay_s: float) -> None:
+    app.send_task(task_name_for(task), args=[job_id], queue=queue_for(model_id), countdown=delay_s)
+
+
 def _run(job_id: str) -> str | None:
-    return execute_job(job_id, settings=settings, store=open_store(settings.resolved_storage_url), run_batch=_run_batch)
+    return execute_job(
+        job_id, settings=settings, store=open_store(settings.resolved_storage_url), run_batch=_run_batch,
+        retry_later=_retry_later,
+    )
 
 
 # One Celery task per job task; every one carries only the job id.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from collections.abc import Callable
 
 from PIL import Image, UnidentifiedImageError
@@ -15,9 +16,9 @@ from PIL import Image, UnidentifiedImageError
 from shared.config.settings import WorkerSettings
 from shared.db.engine import session_scope
 from shared.db.models import Job, utcnow
-from shared.jobs import JobStatus, JobTask, StaleTransition, fail_job, finish_job, start_job
+from shared.jobs import JobStatus, JobTask, StaleTransition, fail_job, finish_job, requeue_job, start_job
 from shared.jobs.states import RUNNABLE_TASKS
-from shared.storage import ObjectStore, StorageError
+from shared.storage import ObjectNotFound, ObjectStore, StorageError
 from workers.inference.lease import LeaseHeartbeat
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
 
@@ -32,13 +33,23 @@ class JobFailure(Exception):
         self.code, self.message = code, message
 
 
+class TransientFailure(JobFailure):
+    """Worth another attempt later (storage unreachable); after the last attempt, a failure."""
+
+
+# Re-publish a job id after a delay: (job_id, task, model, delay_s).
+RetryLater = Callable[[str, str, str, float], None]
+
+
 def _load_images(store: ObjectStore, items: list[dict]) -> list[Image.Image]:
     images = []
     for item in items:
         try:
             data = store.read(item["object_key"])
+        except ObjectNotFound as error:
+            raise JobFailure("media_unavailable", f"media {item['object_key']} does not exist") from error
         except StorageError as error:
-            raise JobFailure("media_unavailable", f"media {item['object_key']} could not be read: {error}") from error
+            raise TransientFailure("media_unavailable", f"media {item['object_key']} could not be read: {error}") from error
         try:
             with Image.open(io.BytesIO(data)) as image:
                 images.append(image.convert("RGB"))
@@ -83,7 +94,9 @@ def _result_body(job: Job, result: GenerationResult) -> dict:
 RunBatch = Callable[[str, list[GenerationRequest], Callable[[], bool]], list[GenerationResult]]
 
 
-def execute_job(job_id: str, *, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch) -> str | None:
+def execute_job(
+    job_id: str, *, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch, retry_later: RetryLater | None = None
+) -> str | None:
     """Returns the job's final status, or None when this delivery had nothing to do (a duplicate,
     or an attempt that lost its lease to a cancel or a requeue)."""
     database_url = settings.resolved_database_url
@@ -114,8 +127,14 @@ def execute_job(job_id: str, *, settings: WorkerSettings, store: ObjectStore, ru
             if heartbeat.timed_out():
                 raise JobFailure("timeout", f"the job ran longer than {settings.job_timeout_s:g} s")
             body = _result_body(job, result)
+        except TransientFailure as failure:
+            if retry_later is None or attempt >= settings.max_attempts:
+                return _fail(session, job_id, attempt, failure.code, f"{failure.message} (after {attempt} attempts)")
+            return _retry(session, job, attempt, failure, settings, retry_later)
         except JobFailure as failure:
             return _fail(session, job_id, attempt, failure.code, failure.message)
+        except torch_out_of_memory() as error:
+            return _fail(session, job_id, attempt, "out_of_memory", f"the job does not fit in GPU memory even with 1 tile: {error}"[:500])
         except Exception as error:  # the model or a library broke: fail the job, keep the worker
             log.exception("job %s failed", job_id)
             return _fail(session, job_id, attempt, "model_error", f"{type(error).__name__}: {error}"[:500])
@@ -125,6 +144,30 @@ def execute_job(job_id: str, *, settings: WorkerSettings, store: ObjectStore, ru
             log.info("job %s attempt %d finished after losing its lease: result rejected", job_id, attempt)
             return None
         return JobStatus.succeeded.value
+
+
+def _retry(session, job: Job, attempt: int, failure: TransientFailure, settings: WorkerSettings,
+           retry_later: RetryLater) -> str | None:
+    """Back to queued, published again after an exponential backoff."""
+    delay = min(settings.retry_backoff_s * 2 ** (attempt - 1), 300.0)
+    try:
+        requeue_job(session, job.id, attempt=attempt)
+    except StaleTransition:
+        return None
+    session.commit()  # queued before the message exists, so its delivery finds the job runnable
+    log.warning("job %s attempt %d: %s; retrying in %.0f s", job.id, attempt, failure.message, delay)
+    retry_later(job.id, job.task, job.model, delay)
+    return JobStatus.queued.value
+
+
+def torch_out_of_memory() -> type[BaseException]:
+    """torch's out-of-memory error, without importing torch where it is not loaded."""
+    torch = sys.modules.get("torch")
+    return torch.OutOfMemoryError if torch is not None else _Never
+
+
+class _Never(Exception):
+    pass
 
 
 def _fail(session, job_id: str, attempt: int, code: str, message: str) -> str | None:

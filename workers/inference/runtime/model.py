@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,6 +20,18 @@ from workers.inference.runtime.loading import LoadOptions, load_model, load_toke
 from workers.inference.runtime.prompts import build_prompt, expand_image_placeholders, question_for
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
 from workers.inference.runtime.tiling import image_to_pixel_values, tiles_per_image
+
+
+OOM_RETRIES = 3
+log = logging.getLogger("vlmq.worker")
+
+
+def _with_fewer_tiles(request: GenerationRequest) -> GenerationRequest:
+    return dataclasses.replace(
+        request,
+        max_tiles=max(1, request.max_tiles // 2),
+        max_tiles_total=max(1, request.max_tiles_total // 2) if request.max_tiles_total else None,
+    )
 
 
 class _PollStop(StoppingCriteria):
@@ -85,9 +99,26 @@ class InternVLRuntime:
         for index, request in enumerate(requests):
             groups[request.sampling_key()].append(index)
         for indices in groups.values():
-            for index, result in zip(indices, self._generate([prepared[i] for i in indices], should_stop), strict=True):
+            batch = [prepared[i] for i in indices]
+            for index, result in zip(indices, self._generate_fitting(batch, should_stop), strict=True):
                 results[index] = result
         return results  # type: ignore[return-value]
+
+    def _generate_fitting(self, batch: list[_Prepared], should_stop) -> list[GenerationResult]:
+        """Out of GPU memory: free the cache and try again with half the tiles per image (the
+        thumbnail-only single tile at the least), a bounded number of times."""
+        for retry in range(OOM_RETRIES + 1):
+            try:
+                return self._generate(batch, should_stop)
+            except torch.OutOfMemoryError:
+                smallest = all(item.request.max_tiles <= 1 for item in batch)
+                if retry == OOM_RETRIES or smallest:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                batch = [self.prepare(_with_fewer_tiles(item.request)) for item in batch]
+                log.warning("out of GPU memory: retrying with at most %d tiles per image", batch[0].request.max_tiles)
+        raise AssertionError("unreachable")
 
     @torch.inference_mode()
     def _generate(self, batch: list[_Prepared], should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
