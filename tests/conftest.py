@@ -14,10 +14,10 @@ import pytest
 from tests.support.services import (
     AWS_ENV,
     REPO_ROOT,
+    RedisServer,
     Stack,
     create_database,
     drop_database,
-    fresh_redis_url,
     migrate,
     s3_server,
 )
@@ -67,8 +67,16 @@ def database_url():
 
 
 @pytest.fixture(scope="session")
-def broker_url():
-    return fresh_redis_url()
+def redis_server(tmp_path_factory):
+    """A Redis server of this test session's own: concurrent sessions never share queues."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def broker_url(redis_server):
+    return redis_server.url
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +96,9 @@ def stack_env(database_url, broker_url, s3_endpoint, tiny_model_dir, seed_model_
         "VLMQ_API_KEYS": ",".join(f"{tenant}:{key}" for tenant, key in TENANT_KEYS.items()),
         "VLMQ_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "VLMQ_MAX_IMAGE_BYTES": str(4 * 1024 * 1024),
+        # Webhook receivers in tests listen on loopback; API.md's retry schedule shrunk 100×.
+        "VLMQ_ALLOW_PRIVATE_NETWORKS": "true",
+        "VLMQ_WEBHOOK_RETRY_SCALE": "0.01",
     }
 
 

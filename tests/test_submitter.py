@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import redis
 
 from services.api.errors import DependencyDown, NotFound
 from services.api.ingest import StoredMedia
@@ -14,7 +15,7 @@ from shared.config.settings import CommonSettings
 from shared.db.engine import session_scope
 from shared.db.models import Job, Tenant
 from shared.queue import create_celery
-from tests.support.services import free_port, fresh_redis_url
+from tests.support.services import free_port
 
 IMAGE = StoredMedia("tenants/sub/media/abc", "image/png", 10, "abc", 4, 4)
 
@@ -29,9 +30,11 @@ def tenant(database_url):
 
 
 @pytest.fixture
-def broker_url():
+def broker_url(redis_server):
     """A Redis database no worker consumes, so submitted jobs stay queued for inspection."""
-    return fresh_redis_url(db=8)
+    url = redis_server.url.rsplit("/", 1)[0] + "/1"  # the session's own Redis, another database
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 def submitter_for(database_url, broker_url):

@@ -157,6 +157,19 @@ class WorkerSettings(CommonSettings):
         return self.serve_models or list(self.model_sources)
 
 
+class NotifierSettings(CommonSettings):
+    """The webhook notifier."""
+
+    notifier_poll_s: float = Field(default=0.5, gt=0, description="How often due deliveries are looked for.")
+    # 1.0 keeps API.md's schedule (5 s, 5 min, 30 min, …); tests shrink it to see several attempts.
+    webhook_retry_scale: float = Field(default=1.0, gt=0)
+
+
+@lru_cache
+def get_notifier_settings() -> NotifierSettings:
+    return NotifierSettings()
+
+
 @lru_cache
 def get_common_settings() -> CommonSettings:
     return CommonSettings()

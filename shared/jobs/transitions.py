@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from shared.db.models import Job, JobResult, utcnow
 from shared.jobs.errors import JobNotFound, StaleTransition
 from shared.jobs.states import ALLOWED_TRANSITIONS, JobStatus
+from shared.webhooks.events import record_job_event
 
 
 def _transition(
@@ -54,6 +55,7 @@ def start_job(session: Session, job_id: str, *, seen_attempts: int, lease_s: flo
         attempt=seen_attempts,
         values={"attempts": attempt, "started_at": now, "lease_expires_at": now + timedelta(seconds=lease_s)},
     )
+    record_job_event(session, job_id, "job.started")
     return attempt
 
 
@@ -128,8 +130,13 @@ def cancel_job(session: Session, job_id: str) -> JobStatus:
         from_status=from_status,
         to_status=JobStatus.canceled,
         attempt=job.attempts,
-        values={"finished_at": utcnow(), "lease_expires_at": None, "error": {"code": "canceled", "message": "canceled by request"}},
+        values={
+            "finished_at": utcnow(),
+            "lease_expires_at": None,
+            "error": {"code": "canceled", "message": "canceled by request"},
+        },
     )
+    record_job_event(session, job_id, "job.canceled")
     return from_status
 
 
@@ -144,6 +151,7 @@ def finish_job(session: Session, job_id: str, *, attempt: int, result: dict[str,
         values={"finished_at": utcnow(), "error": None, "lease_expires_at": None},
     )
     session.add(JobResult(job_id=job_id, attempt=attempt, result=result))
+    record_job_event(session, job_id, "job.succeeded", result=result)
 
 
 def fail_job(
@@ -164,3 +172,4 @@ def fail_job(
         attempt=attempt,
         values={"finished_at": utcnow(), "error": {"code": code, "message": message}, "lease_expires_at": None},
     )
+    record_job_event(session, job_id, "job.failed")

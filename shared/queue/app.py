@@ -36,11 +36,14 @@ def resolve_broker_url(settings: CommonSettings) -> str:
     return "filesystem://"
 
 
-def create_celery(settings: CommonSettings, *, name: str = "vlmq", models: list[str] | None = None) -> Celery:
-    """``models``: whose queues a worker consumes (default: every registered model)."""
+def create_celery(
+    settings: CommonSettings, *, name: str = "vlmq", models: list[str] | None = None, queues: list[str] | None = None
+) -> Celery:
+    """The queues a worker consumes: ``queues`` as given, else those of ``models`` (default: every
+    registered model)."""
     broker_url = resolve_broker_url(settings)
     app = Celery(name, broker=broker_url)
-    queues = [queue_for(model_id) for model_id in (models or settings.model_sources)]
+    queues = queues or [queue_for(model_id) for model_id in (models or settings.model_sources)]
     app.conf.update(
         task_default_queue=queues[0],
         task_queues=[Queue(queue) for queue in queues],

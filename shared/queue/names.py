@@ -5,6 +5,9 @@ from __future__ import annotations
 from shared.jobs.states import JobTask
 
 INFERENCE_QUEUE = "vlmq.inference"
+# Webhook deliveries have a queue and a process of their own (services/notifier).
+NOTIFY_QUEUE = "vlmq.notify"
+DELIVER_TASK = "vlmq.notify.deliver"
 
 
 def queue_for(model_id: str) -> str:

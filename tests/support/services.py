@@ -147,6 +147,18 @@ class Stack:
         )
         if with_worker:
             stack.add_worker("worker")
+            stack.processes.append(
+                ManagedProcess(
+                    "notifier",
+                    [
+                        sys.executable, "-m", "celery", "-A", "services.notifier.app", "worker",
+                        "--concurrency", "2", "--pool", "threads", "-n", f"notifier-{port}@%h",
+                        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                    ],
+                    env,
+                    data_dir / "notifier.log",
+                ).start()
+            )
         try:
             wait_until(stack._ready, timeout_s=60, what="the API's /readyz")
         except TimeoutError:

@@ -1,0 +1,1 @@
+"""The webhook notifier: sends delivery rows, signed, records attempts, schedules retries."""

@@ -1,0 +1,142 @@
+"""Send one delivery attempt and record what happened (every write a compare-and-set)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from shared.config.settings import NotifierSettings
+from shared.db.engine import session_scope
+from shared.db.models import Delivery, DeliveryAttempt, WebhookEndpoint, utcnow
+from shared.net import OutboundRefused, send
+from shared.webhooks import delay_before_attempt, is_retryable, secret_for, signature_header, signing_secrets
+
+log = logging.getLogger("vlmq.notifier")
+TIMEOUT_S = 10.0  # API.md
+MAX_RESPONSE_BYTES = 64 * 1024  # the receiver's answer is recorded, not kept
+
+
+@dataclass
+class Outcome:
+    status_code: int | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+    refused: bool = False
+
+
+def deliver(delivery_id: str, *, settings: NotifierSettings) -> str | None:
+    """One attempt; returns the delivery's status after it, or None if another sender had it."""
+    database_url = settings.resolved_database_url
+    with session_scope(database_url) as session:
+        claimed = _claim(session, delivery_id)
+        if claimed is None:
+            return None
+        attempt, url, payload, tenant_id = claimed
+        secrets_ = signing_secrets(secret_for(session, tenant_id))
+    started = utcnow()
+    clock = time.perf_counter()
+    outcome = _post(delivery_id, url, payload, secrets_, allow_private=settings.allow_private_networks)
+    duration_ms = (time.perf_counter() - clock) * 1000
+    with session_scope(database_url) as session:
+        session.add(
+            DeliveryAttempt(
+                delivery_id=delivery_id, attempt=attempt, started_at=started, duration_ms=duration_ms,
+                status_code=outcome.status_code, error=outcome.error,
+            )
+        )
+        return _settle(session, delivery_id, attempt, url, outcome, settings)
+
+
+def _claim(session: Session, delivery_id: str):
+    row = session.get(Delivery, delivery_id)
+    if row is None or row.status != "pending":
+        return None
+    seen, attempt = row.attempts, row.attempts + 1  # read before the UPDATE refreshes ``row``
+    claimed = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == "pending", Delivery.attempts == seen)
+        .values(attempts=attempt)
+    )
+    if claimed.rowcount != 1:
+        return None
+    return attempt, row.url, row.payload, row.tenant_id
+
+
+def _post(delivery_id: str, url: str, payload: dict, secrets_: list[str], *, allow_private: bool) -> Outcome:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    timestamp = utcnow()
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "vlmq-webhooks/1",
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(int(timestamp.timestamp())),
+        "webhook-signature": signature_header(secrets_, delivery_id, timestamp, body),
+    }
+    try:
+        response = send(
+            "POST", url, allow_private=allow_private, follow_redirects=False, timeout=TIMEOUT_S,
+            headers=headers, content=body.encode(), max_bytes=MAX_RESPONSE_BYTES,
+        )
+    except OutboundRefused as error:
+        return Outcome(error=f"refused ({error.reason}): {error}"[:500], refused=error.reason != "too_large")
+    except httpx.HTTPError as error:  # connection refused, reset, timeout, TLS
+        return Outcome(error=f"{type(error).__name__}: {error}"[:500])
+    retry_after = _retry_after_s(response) if response.status_code in (429, 503) else None
+    return Outcome(status_code=response.status_code, retry_after_s=retry_after)
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date forms are rare for webhooks; the schedule applies
+
+
+def _settle(session: Session, delivery_id: str, attempt: int, url: str, outcome: Outcome,
+            settings: NotifierSettings) -> str | None:
+    now = utcnow()
+    code = outcome.status_code
+    values: dict
+    if code is not None and 200 <= code < 300:
+        values = {"status": "succeeded", "finished_at": now, "next_attempt_at": None, "last_error": None}
+    elif code == 410:
+        _disable_endpoint(session, delivery_id, url, now)
+        values = {"status": "failed", "finished_at": now, "next_attempt_at": None, "last_error": "410 Gone: endpoint disabled"}
+    elif outcome.refused or (code is not None and not is_retryable(code)):
+        values = {"status": "failed", "finished_at": now, "next_attempt_at": None,
+                  "last_error": outcome.error or f"HTTP {code}"}
+    else:
+        delay = delay_before_attempt(attempt + 1, retry_after_s=outcome.retry_after_s)
+        error = outcome.error or f"HTTP {code}"
+        if delay is None:
+            values = {"status": "failed", "finished_at": now, "next_attempt_at": None,
+                      "last_error": f"{error}; retries exhausted"}
+        else:
+            scaled = delay * settings.webhook_retry_scale if outcome.retry_after_s is None else delay
+            values = {"next_attempt_at": now + timedelta(seconds=scaled), "last_error": error}
+    settled = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == "pending", Delivery.attempts == attempt)
+        .values(**values)
+    )
+    if settled.rowcount != 1:
+        return None  # redelivered meanwhile: the newer attempt decides
+    log.info("delivery %s attempt %d to %s: %s", delivery_id, attempt, url, code or outcome.error)
+    return values.get("status", "pending")
+
+
+def _disable_endpoint(session: Session, delivery_id: str, url: str, now) -> None:
+    tenant_id = session.get(Delivery, delivery_id).tenant_id
+    endpoint = session.get(WebhookEndpoint, (tenant_id, url))
+    if endpoint is None:
+        session.add(WebhookEndpoint(tenant_id=tenant_id, url=url, disabled_at=now, disabled_reason="410 Gone"))
+    else:
+        endpoint.disabled_at, endpoint.disabled_reason = now, "410 Gone"

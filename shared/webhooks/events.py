@@ -1,0 +1,72 @@
+"""Job events become delivery rows (the outbox) in the transaction of the transition that caused them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared.db.models import Delivery, Job, JobResult, WebhookEndpoint, utcnow
+from shared.ids import new_id
+
+JOB_EVENT_TYPES = ("job.started", "job.succeeded", "job.failed", "job.canceled")
+DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")  # API.md: the terminal ones
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def job_document(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
+    """The job object of API.md, as the API serves it (tests check it against the API's schema)."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "task": job.task,
+        "model": job.model,
+        "prompt": job.prompt,
+        "history": job.history,
+        "options": job.options,
+        "metadata": job.metadata_,
+        "input": job.input,
+        "result": result,
+        "error": job.error,
+        "attempts": job.attempts,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def record_job_event(session: Session, job_id: str, event_type: str, *, result: dict[str, Any] | None = None) -> Delivery | None:
+    """A pending delivery of ``event_type`` if the job has a webhook that wants it."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or not job.webhook or not job.webhook.get("url"):
+        return None
+    if event_type not in (job.webhook.get("events") or DEFAULT_EVENTS):
+        return None
+    url = job.webhook["url"]
+    endpoint = session.get(WebhookEndpoint, (job.tenant_id, url))
+    if result is None and job.status == "succeeded":
+        stored = session.get(JobResult, job_id)
+        result = stored.result if stored else None
+    now = utcnow()
+    delivery = Delivery(
+        id=new_id("msg"),
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        event_type=event_type,
+        url=url,
+        payload={"type": event_type, "timestamp": _iso(now), "data": job_document(job, result)},
+        attempts=0,
+        created_at=now,
+    )
+    if endpoint is not None and endpoint.disabled_at is not None:
+        # The receiver said 410 Gone: nothing more goes there, but the event is still on record.
+        delivery.status, delivery.finished_at = "failed", now
+        delivery.last_error = f"endpoint disabled: {endpoint.disabled_reason}"
+    else:
+        delivery.status, delivery.next_attempt_at = "pending", now
+    session.add(delivery)
+    return delivery

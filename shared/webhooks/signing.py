@@ -1,0 +1,53 @@
+"""Standard Webhooks signing with the tenant's secret; a rotated-out secret signs for 24 h more."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+from standardwebhooks import Webhook
+
+from shared.db.models import Tenant, WebhookSecret, utcnow
+
+PREVIOUS_SECRET_VALID_FOR = timedelta(hours=24)
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_for(session: Session, tenant_id: str) -> WebhookSecret:
+    """The tenant's secret row, created on first use."""
+    row = session.get(WebhookSecret, tenant_id)
+    if row is None:
+        if session.get(Tenant, tenant_id) is None:
+            session.add(Tenant(id=tenant_id))
+            session.flush()
+        row = WebhookSecret(tenant_id=tenant_id, secret=new_secret())
+        session.add(row)
+        session.flush()
+    return row
+
+
+def rotate_secret(session: Session, tenant_id: str) -> WebhookSecret:
+    row = secret_for(session, tenant_id)
+    row.previous_secret, row.previous_expires_at = row.secret, utcnow() + PREVIOUS_SECRET_VALID_FOR
+    row.secret = new_secret()
+    session.flush()
+    return row
+
+
+def signing_secrets(row: WebhookSecret, *, now: datetime | None = None) -> list[str]:
+    """The current secret, and the previous one while it is still valid."""
+    now = now or utcnow()
+    active = [row.secret]
+    if row.previous_secret and row.previous_expires_at and row.previous_expires_at > now:
+        active.append(row.previous_secret)
+    return active
+
+
+def signature_header(secrets_: list[str], msg_id: str, timestamp: datetime, body: str) -> str:
+    """``v1,<sig>`` per secret, space-separated: receivers accept any one that verifies."""
+    return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets_)
