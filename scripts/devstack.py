@@ -30,6 +30,10 @@ PROCESSES = {
         "--concurrency", "1", "--pool", "prefork",
         "-n", "vlmq-inference@%h", "--loglevel", "INFO",
     ],
+    "notifier": [
+        sys.executable, "-m", "celery", "-A", "services.notifier.app", "worker",
+        "--concurrency", "4", "--pool", "threads", "-n", "vlmq-notifier@%h", "--loglevel", "INFO",
+    ],
 }
 
 
