@@ -13,6 +13,7 @@ from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
 from services.api.routes import health, jobs, models, uploads
 from services.api.submitter import JobSubmitter
+from services.api.waiting import JobWaiter
 from shared.config.settings import ApiSettings, get_api_settings
 from shared.db.engine import session_scope
 from shared.db.models import ApiKey, Tenant
@@ -40,7 +41,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         with session_scope(settings.resolved_database_url) as session:
             sync_tenants(session, app.state.key_ring)
         app.state.submitter = JobSubmitter(database_url=settings.resolved_database_url, celery=app.state.celery)
+        app.state.waiter = JobWaiter(database_url=settings.resolved_database_url)
+        app.state.waiter.start()
         yield
+        await app.state.waiter.close()
         app.state.submitter.close()
 
     app = FastAPI(title="vlmq", version="0.1.0", lifespan=lifespan, description="InternVL as asynchronous jobs.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,7 @@ from services.api.auth import KeyRing
 from services.api.catalog import ModelCatalog
 from services.api.errors import Unauthorized
 from services.api.submitter import JobSubmitter
+from services.api.waiting import MAX_WAIT_S, JobWaiter, wait_preference
 from shared.config.settings import ApiSettings
 from shared.db.engine import get_sessionmaker
 from shared.storage import ObjectStore
@@ -76,3 +77,38 @@ async def get_tenant(
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+async def get_waiter(request: Request) -> JobWaiter:
+    return request.app.state.waiter
+
+
+WaiterDep = Annotated[JobWaiter, Depends(get_waiter)]
+
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Within 24 h, a request with the same key (and the same body) returns the job the "
+        "first one created, with status 200, instead of creating another; the same key with a different "
+        "body is 409 `idempotency_key_reused`.",
+    ),
+]
+
+
+async def get_wait_s(
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer",
+            description=f"`wait=N` (RFC 7240): hold the response until the job has ended, at most N seconds "
+            f"(N is capped at {MAX_WAIT_S}). 200 with the finished job if it ended, else 202 as usual."
+        ),
+    ] = None,
+) -> int:
+    return wait_preference(prefer)
+
+
+WaitSecondsDep = Annotated[int, Depends(get_wait_s)]

@@ -40,6 +40,14 @@ class Conflict(ApiError):
     status_code, code = 409, "conflict"
 
 
+class JobAlreadyFinished(Conflict):
+    code = "job_already_finished"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLarge(ApiError):
     status_code, code = 413, "media_too_large"
 

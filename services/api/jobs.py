@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from services.api.errors import NotFound, ValidationFailed
 from services.api.schemas import JobPublic
+from shared.db.engine import get_sessionmaker
 from shared.db.models import Job, JobResult
 from shared.jobs import JobStatus
 
@@ -48,6 +49,13 @@ def job_public(job: Job, result: dict | None) -> JobPublic:
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def read_job_public(database_url: str, tenant_id: str, job_id: str) -> JobPublic:
+    """The job as ``GET /v1/jobs/{id}`` shows it, for handlers that hold no session of their own."""
+    with get_sessionmaker(database_url)() as session:
+        job = get_job(session, tenant_id, job_id)
+        return job_public(job, results_for(session, [job]).get(job.id))
 
 
 def encode_cursor(job_id: str) -> str:

@@ -179,6 +179,18 @@ class UploadPublic(BaseModel):
     expires_at: datetime
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorPublic(BaseModel):
+    """API.md's error shape (OpenAPI only: errors.py writes it)."""
+
+    error: ErrorDetail
+
+
 class ModelPublic(BaseModel):
     id: str
     family: str

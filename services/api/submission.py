@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from services.api.errors import NotFound, ValidationFailed
+from services.api.idempotency import KeyedRequest
 from services.api.ingest import StoredMedia
 from services.api.schemas import InputRef, JobPublic, JobSpec
 from shared.db.models import Job, Media, Upload, utcnow
@@ -72,7 +73,7 @@ def insert_media_ignoring_duplicates(connection: Connection):
 
 
 def job_rows(
-    *, tenant_id: str, spec: JobSpec, model_id: str, media: list[StoredMedia]
+    *, tenant_id: str, spec: JobSpec, model_id: str, media: list[StoredMedia], keyed: KeyedRequest | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The job row and the media rows not yet recorded, for one transaction (``JobSubmitter``)."""
     now = utcnow()
@@ -96,6 +97,8 @@ def job_rows(
         "enqueued_at": now,  # published right after the insert; the reaper re-publishes if lost
         "started_at": None,
         "finished_at": None,
+        "idempotency_key": keyed.key if keyed else None,
+        "request_sha256": keyed.request_sha256 if keyed else None,
     }
     return job, new_media
 

@@ -5,6 +5,11 @@ waiting, resolves their media refs and inserts their rows in one transaction on 
 rings the broker once per job with one held producer. Under load a batch holds many jobs, so the
 commit, the producer checkout and the hand-offs between threads are paid once per batch; when idle a
 batch is one job and nothing waits for company. The request's own thread does no database work.
+
+Idempotency keys are settled here too, in the batch's transaction, because only the insert itself
+can decide a race between two requests with one new key: rows go in with ``ON CONFLICT DO
+NOTHING`` on the tenant's key index (``services.api.idempotency``), so a taken key skips that one
+row instead of failing the batch, and its request is answered with the job that holds the key.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import insert
 
-from services.api.errors import ApiError, DependencyDown
+from services.api.errors import ApiError, Conflict, DependencyDown, IdempotencyKeyReused
+from services.api.idempotency import (
+    KeyedRequest,
+    Replayed,
+    insert_jobs_first_key_wins,
+    jobs_holding_keys,
+    release_expired_keys,
+    release_key,
+)
 from services.api.ingest import StoredMedia
 from services.api.schemas import InputRef, JobSpec
 from services.api.submission import (
@@ -53,6 +66,7 @@ class Submission:
     model_id: str
     media: list[StoredMedia] | None = None  # known media, or None to resolve ``refs``
     refs: list[InputRef] = field(default_factory=list)
+    keyed: KeyedRequest | None = None  # the request's Idempotency-Key and body fingerprint
     keys: list[str] = field(default_factory=list)  # the refs' storage keys, once resolved
     done: Future = field(default_factory=Future)
     rows: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
@@ -66,7 +80,8 @@ class JobSubmitter:
         self._thread.start()
 
     def submit(self, submission: Submission) -> Future:
-        """A future of the job row, an ``Unresolved``, or an ``ApiError``."""
+        """A future of the new job's row, a ``Replayed`` (its key named an earlier job with the same
+        body), an ``Unresolved``, or an ``ApiError``."""
         self._pending.put(submission)
         return submission.done
 
@@ -98,23 +113,61 @@ class JobSubmitter:
                         item.done.set_exception(DependencyDown(f"the job could not be created: {type(error).__name__}"))
 
     def _process(self, batch: list[Submission]) -> None:
+        replays: list[tuple[Submission, Replayed | ApiError]] = []
         try:
             with get_engine(self._database_url).begin() as connection:
                 known = self._known_media_of(connection, batch)
                 ready = [item for item in batch if self._prepare(item, known)]
-                media_rows = [row for item in ready for row in item.rows[1]]
+                created = self._insert_jobs(connection, ready, replays) if ready else []
+                # After the jobs: a request answered with an earlier job records no media of its own.
+                media_rows = [row for item in created for row in item.rows[1]]
                 if media_rows:
                     connection.execute(insert_media_ignoring_duplicates(connection), media_rows)
-                if ready:
-                    connection.execute(insert(jobs_table), [item.rows[0] for item in ready])
         except Exception as error:  # the database refused or is down: none of these jobs exists
             log.error("could not write %d jobs: %s", len(batch), error)
             for item in batch:
                 if not item.done.done():
                     item.done.set_exception(DependencyDown("the database is not reachable; the job was not created"))
             return
-        if ready:
-            self._enqueue_all(ready)
+        # Only now: the job a replay names may be a row of this very batch, visible once committed.
+        for item, outcome in replays:
+            if isinstance(outcome, ApiError):
+                item.done.set_exception(outcome)
+            else:
+                item.done.set_result(outcome)
+        if created:
+            self._enqueue_all(created)
+
+    def _insert_jobs(
+        self, connection, ready: list[Submission], replays: list[tuple[Submission, Replayed | ApiError]]
+    ) -> list[Submission]:
+        """Insert the ready items' jobs; returns those inserted. An item whose key another row holds
+        is not inserted: its answer (that job, or 409 for another body) goes to ``replays``."""
+        keys = sorted({(item.tenant_id, item.keyed.key) for item in ready if item.keyed})
+        if not keys:  # the common case: one multi-row INSERT, nothing to arbitrate
+            connection.execute(insert(jobs_table), [item.rows[0] for item in ready])
+            return ready
+        release_expired_keys(connection, keys)
+        # Keys in one order in every batch: two API processes inserting the same two new keys wait
+        # for each other in turn instead of deadlocking.
+        in_key_order = sorted(ready, key=lambda item: (item.tenant_id, item.keyed.key) if item.keyed else ("", ""))
+        inserted = insert_jobs_first_key_wins(connection, [item.rows[0] for item in in_key_order])
+        created = [item for item in ready if item.rows[0]["id"] in inserted]
+        skipped = [item for item in ready if item.rows[0]["id"] not in inserted]
+        holders = jobs_holding_keys(connection, sorted({(item.tenant_id, item.keyed.key) for item in skipped}))
+        for item in skipped:
+            holder = holders.get((item.tenant_id, item.keyed.key))
+            if holder is None:  # the holder was deleted between the insert and this read
+                busy = Conflict("a request with this Idempotency-Key was in flight; retry", code="idempotency_key_busy")
+                replays.append((item, busy))
+            elif holder[1] == item.keyed.request_sha256:
+                replays.append((item, Replayed(holder[0])))
+            else:
+                replays.append((item, IdempotencyKeyReused(
+                    "this Idempotency-Key was used with a different request body in the last 24 hours",
+                    details={"job_id": holder[0]},
+                )))
+        return created
 
     def _known_media_of(self, connection, batch: list[Submission]) -> dict[tuple[str, str], StoredMedia]:
         """Resolve every item's refs to keys, then learn all known media with one query per tenant."""
@@ -150,7 +203,9 @@ class JobSubmitter:
         except ApiError as error:
             item.done.set_exception(error)
             return False
-        item.rows = job_rows(tenant_id=item.tenant_id, spec=item.spec, model_id=item.model_id, media=media)
+        item.rows = job_rows(
+            tenant_id=item.tenant_id, spec=item.spec, model_id=item.model_id, media=media, keyed=item.keyed
+        )
         return True
 
     def _enqueue_all(self, ready: list[Submission]) -> None:
@@ -185,6 +240,8 @@ class JobSubmitter:
                     session, job_id, from_status=JobStatus.queued, attempt=0,
                     code="queue_unavailable", message="the job queue could not be reached",
                 )
+                if item.keyed:
+                    release_key(session.connection(), job_id)
         except StaleTransition:
             pass  # someone else already moved it
         except Exception:  # the 503 below is what the client must see either way

@@ -1,8 +1,6 @@
-"""/v1/jobs: create, plan, get, list."""
+"""/v1/jobs: create, plan, get, list, cancel, delete."""
 
 from __future__ import annotations
-
-import asyncio
 
 from typing import Annotated
 
@@ -10,13 +8,22 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.api.body import JobBodyReader
-from services.api.deps import CatalogDep, SessionDep, SettingsDep, StorageDep, SubmitterDep, TenantDep
-from services.api.jobs import get_job, job_public, list_jobs, results_for
-from services.api.multipart import discard_new_media
+from services.api.creation import create_job_from_request
+from services.api.deps import (
+    CatalogDep,
+    IdempotencyKeyDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    SubmitterDep,
+    TenantDep,
+    WaiterDep,
+    WaitSecondsDep,
+)
+from services.api.jobs import get_job, job_public, list_jobs, read_job_public, results_for
+from services.api.lifecycle import cancel_tenant_job, delete_tenant_job
 from services.api.planning import plan_job
-from services.api.schemas import JobPublic, JobsPublic, PlanPublic
-from services.api.submission import public_from_row
-from services.api.submitter import Submission, Unresolved
+from services.api.schemas import ErrorPublic, JobPublic, JobsPublic, PlanPublic
 from shared.jobs import JobStatus, JobTask
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -42,7 +49,23 @@ _BODY_DOC = {
 }
 
 
-@router.post("", status_code=202, response_model=JobPublic, openapi_extra=_BODY_DOC)
+_NOT_FOUND = {404: {"model": ErrorPublic, "description": "No such job for this API key's tenant."}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra=_BODY_DOC,
+    responses={
+        200: {
+            "model": JobPublic,
+            "description": "The job an earlier request with the same `Idempotency-Key` created, or a job that "
+            "ended while `Prefer: wait` held the response.",
+        },
+        409: {"model": ErrorPublic, "description": "`idempotency_key_reused`: the key came with another body."},
+    },
+)
 async def create_job(
     request: Request,
     response: Response,
@@ -51,21 +74,22 @@ async def create_job(
     store: StorageDep,
     submitter: SubmitterDep,
     catalog: CatalogDep,
+    waiter: WaiterDep,
+    wait_s: WaitSecondsDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> JobPublic:
-    reader = JobBodyReader(settings=settings, store=store, tenant_id=tenant, keep_files=True)
-    body = await reader.read(request)
-    try:
-        model_id = catalog.resolve(body.spec.model)
-    except Exception:
-        await run_in_threadpool(discard_new_media, store, body.media or [])
-        raise
-    submission = Submission(tenant, body.spec, model_id, media=body.media, refs=body.refs)
-    outcome = await asyncio.wrap_future(submitter.submit(submission))
-    if isinstance(outcome, Unresolved):  # objects written to storage directly: inspect them once
-        media = [known or await reader.inspect(key) for key, known in zip(outcome.keys, outcome.media, strict=True)]
-        outcome = await asyncio.wrap_future(submitter.submit(Submission(tenant, body.spec, model_id, media=media)))
-    response.headers["Location"] = f"/v1/jobs/{outcome['id']}"
-    return public_from_row(outcome)
+    created = await create_job_from_request(
+        request, tenant_id=tenant, idempotency_key=idempotency_key,
+        settings=settings, store=store, submitter=submitter, catalog=catalog,
+    )
+    job = created.job
+    if wait_s and not job.status.is_terminal():
+        await waiter.wait(job.id, wait_s)
+        job = await run_in_threadpool(read_job_public, settings.resolved_database_url, tenant, job.id)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if created.replayed or job.status.is_terminal():
+        response.status_code = 200
+    return job
 
 
 @router.post("/plan", response_model=PlanPublic, openapi_extra=_BODY_DOC)
@@ -103,3 +127,19 @@ def read_jobs(
     )
     results = results_for(session, jobs)
     return JobsPublic(data=[job_public(job, results.get(job.id)) for job in jobs], next_cursor=next_cursor)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses={
+    **_NOT_FOUND, 409: {"model": ErrorPublic, "description": "`job_already_finished`: the job had already ended."},
+})
+def cancel_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
+    """Cancel a queued or running job; a running one stops at its worker's next heartbeat."""
+    return cancel_tenant_job(session, tenant_id=tenant, job_id=job_id)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_NOT_FOUND)
+def delete_job(job_id: str, tenant: TenantDep, session: SessionDep, store: StorageDep) -> Response:
+    """Remove the job (canceling it first if it has not ended), its result and its stored media,
+    except media another of your jobs still uses."""
+    delete_tenant_job(session, store, tenant_id=tenant, job_id=job_id)
+    return Response(status_code=204)
