@@ -131,3 +131,31 @@ def test_after_a_rotation_both_secrets_verify_for_a_day(acme, stack, database_ur
     assert len(sent["headers"]["webhook-signature"].split(" ")) == 2
     for secret in (old, new):
         assert json.loads(sent["body"])["type"] == Webhook(secret).verify(sent["body"], sent["headers"])["type"]
+
+
+def test_the_api_shows_the_secret_the_deliveries_and_redelivers(acme, globex, stack, receiver_factory):
+    # given a delivery that a receiver refused with 400 (not retried)
+    receiver = receiver_factory(400, 200)
+    secret = acme.get("/v1/webhook-secret").json()["secret"]
+    request = {"task": "caption", "options": {"max_new_tokens": 2}, "webhook": {"url": receiver.url}}
+    job = wait_for_job(acme, submit(acme, request, png_bytes()).json()["id"])
+    failed = wait_until(
+        lambda: [d for d in acme.get(f"/v1/jobs/{job['id']}/deliveries").json()["data"] if d["status"] == "failed"],
+        timeout_s=30, what="the delivery to fail",
+    )[0]
+    assert secret.startswith("whsec_") and [a["status_code"] for a in failed["attempts"]] == [400]
+
+    # when it is redelivered (another tenant cannot)
+    assert globex.post(f"/v1/deliveries/{failed['id']}/redeliver").status_code == 404
+    assert acme.post(f"/v1/deliveries/{failed['id']}/redeliver").status_code == 200
+
+    # then it is sent again with the same webhook-id and succeeds
+    done = wait_until(
+        lambda: [d for d in acme.get(f"/v1/jobs/{job['id']}/deliveries").json()["data"] if d["status"] == "succeeded"],
+        timeout_s=30, what="the redelivery",
+    )[0]
+    assert done["id"] == failed["id"] and [a["status_code"] for a in done["attempts"]] == [400, 200]
+    assert {sent["headers"]["webhook-id"] for sent in receiver.requests} == {failed["id"]}
+    # and a rotation returns a new secret while the old one is still honoured for a day
+    rotated = acme.post("/v1/webhook-secret/rotate").json()
+    assert rotated["secret"] != secret and rotated["previous_secret_expires_at"] is not None

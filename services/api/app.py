@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from services.api.auth import KeyRing, load_key_ring
 from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
-from services.api.routes import health, jobs, models, uploads
+from services.api.routes import health, jobs, models, uploads, webhooks
 from services.api.submitter import JobSubmitter
 from services.api.waiting import JobWaiter
 from shared.config.settings import ApiSettings, get_api_settings
@@ -54,6 +54,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.celery = create_celery(settings, name="vlmq-api")
     app.state.catalog = ModelCatalog.from_settings(settings)
     install_error_handlers(app)
-    for module in (health, jobs, uploads, models):
+    for module in (health, jobs, uploads, models, webhooks):
         app.include_router(module.router)
     return app
