@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("vlmq.api")
@@ -64,6 +65,10 @@ class DependencyDown(ApiError):
     status_code, code = 503, "dependency_unavailable"
 
 
+class DatabaseDown(DependencyDown):
+    code = "database_unavailable"
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
@@ -90,6 +95,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(error.status_code, "http_error")
         return JSONResponse(error_body(code, str(error.detail)), error.status_code, getattr(error, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(_request: Request, error: Exception) -> JSONResponse:
+        # The connection pool drops the broken connections; the next request gets fresh ones.
+        log.warning("database unavailable: %s", str(error).splitlines()[0][:200])
+        return JSONResponse(error_body("database_unavailable", "the database is not reachable; retry shortly"), 503,
+                            {"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:

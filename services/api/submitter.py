@@ -24,7 +24,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import insert
 
-from services.api.errors import ApiError, Conflict, DependencyDown, IdempotencyKeyReused
+from services.api.errors import ApiError, Conflict, DatabaseDown, DependencyDown, IdempotencyKeyReused
 from services.api.idempotency import (
     KeyedRequest,
     Replayed,
@@ -127,7 +127,7 @@ class JobSubmitter:
             log.error("could not write %d jobs: %s", len(batch), error)
             for item in batch:
                 if not item.done.done():
-                    item.done.set_exception(DependencyDown("the database is not reachable; the job was not created"))
+                    item.done.set_exception(DatabaseDown("the database is not reachable; the job was not created"))
             return
         # Only now: the job a replay names may be a row of this very batch, visible once committed.
         for item, outcome in replays:

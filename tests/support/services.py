@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -274,3 +276,36 @@ class TcpRelay:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of a test's own (initdb in a temporary directory), so it can be stopped
+    and started without touching the server the rest of the suite uses."""
+
+    def __init__(self):
+        # Directly under the system temp dir: as root, the cluster runs as the postgres user, who
+        # must be able to reach it (pytest's own temp dirs are private to the current user).
+        self.root = Path(tempfile.mkdtemp(prefix="vlmq-pg-"))
+        self.data_dir, self.port = self.root / "data", free_port()
+        self.bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)[0]
+        self.url = f"postgresql+psycopg://vlmq@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "postgres", str(self.root)], check=True)
+        self._run("initdb", "-D", str(self.data_dir), "-U", "vlmq", "--auth=trust", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def start(self) -> PostgresServer:
+        self._run("pg_ctl", "-D", str(self.data_dir), "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1",
+                  "-w", "-l", str(self.root / "server.log"), "start")
+        return self
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
