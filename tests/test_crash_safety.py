@@ -29,6 +29,8 @@ from tests.support.services import (
 
 KEY = "key-crash-0123456789"
 LONG_CHAT = {"task": "chat", "prompt": "Tell me a long story.", "options": {"max_new_tokens": 4096}}
+# Long enough to be killed mid-way (seconds on the tiny model), short enough to re-run quickly.
+KILLED_CHAT = {"task": "chat", "prompt": "Tell me a story.", "options": {"max_new_tokens": 2048}}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def _worker_running(stack: Stack, job_id: str):
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_succeeds_once(crash_stack, client):
     # given a long job that one of two workers has started
-    job_id = client.post("/v1/jobs", json=LONG_CHAT).json()["id"]
+    job_id = client.post("/v1/jobs", json=KILLED_CHAT).json()["id"]
     victim = wait_until(lambda: _worker_running(crash_stack, job_id), timeout_s=60, what="the job to start")
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
 
