@@ -174,3 +174,15 @@ def test_storage_unreachable_is_retried_with_backoff_then_fails_with_a_reason(cr
     job = wait_for_job(client, doomed, timeout_s=90)
     assert job["status"] == "failed" and job["attempts"] == 3
     assert job["error"]["code"] == "media_unavailable" and "after 3 attempts" in job["error"]["message"]
+
+
+def test_a_job_longer_than_its_tasks_timeout_fails_with_timeout(crash_stack, client):
+    # given only a worker whose chat jobs may run 1 s
+    for process in crash_stack.processes[1:]:
+        process.stop()
+    crash_stack.add_worker("worker-timeout", VLMQ_TASK_TIMEOUTS_S='{"chat": 1}')
+
+    # when a long chat runs on it, then it stops at the deadline and fails with the reason
+    job = wait_for_job(client, client.post("/v1/jobs", json=LONG_CHAT).json()["id"], timeout_s=90)
+    assert job["status"] == "failed" and job["error"]["code"] == "timeout"
+    assert job["result"] is None

@@ -16,7 +16,7 @@ from services.api.jobs import get_job, job_public, results_for
 from services.api.schemas import JobPublic
 from shared.db.models import Job, JobResult, Media
 from shared.jobs import JobNotFound, JobStatus, StaleTransition, cancel_job
-from shared.storage import ObjectStore, tenant_prefix
+from shared.storage import ObjectStore, StorageError, tenant_prefix
 
 log = logging.getLogger("vlmq.api")
 
@@ -93,7 +93,7 @@ def delete_tenant_job(session: Session, store: ObjectStore, *, tenant_id: str, j
         # back, and the client's retry deletes again (deleting a missing object is a no-op).
         for key in orphaned:
             store.delete(key)
-    except Exception as error:  # boto3 and the local store raise unrelated types
+    except (StorageError, OSError) as error:
         session.rollback()
         log.error("could not delete the media of %s: %s", job_id, error)
         raise DependencyDown("storage is not reachable; the job was not deleted, retry") from error

@@ -140,6 +140,9 @@ class WorkerSettings(CommonSettings):
     reaper_interval_s: float = Field(default=10.0, gt=0)
     requeue_after_s: float = Field(default=60.0, gt=0, description="A queued job unseen this long is re-published.")
     job_timeout_s: float = Field(default=900.0, gt=0, description="A job running longer fails with code timeout.")
+    task_timeouts_s: dict[str, float] = Field(
+        default_factory=dict, description='Per-task overrides of job_timeout_s, JSON: {"chat": 120, "caption": 60}.'
+    )
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
 
@@ -148,6 +151,9 @@ class WorkerSettings(CommonSettings):
         if self.heartbeat_s * 2 > self.lease_s:
             raise ValueError("VLMQ_HEARTBEAT_S must be at most half of VLMQ_LEASE_S, or healthy jobs lose their lease")
         return self
+
+    def timeout_for(self, task: str) -> float:
+        return self.task_timeouts_s.get(task, self.job_timeout_s)
 
     @property
     def served_models(self) -> list[str]:

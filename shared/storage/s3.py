@@ -127,7 +127,11 @@ class S3ObjectStore:
         self.delete(source)
 
     def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=key)
+        """Deleting a missing object is a no-op (S3 semantics); failures are StorageError."""
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(str(error)) from error
 
     def presign_put(self, key: str, *, content_type: str, expires_s: int) -> tuple[str, dict[str, str]]:
         url = self._client.generate_presigned_url(

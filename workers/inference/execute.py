@@ -105,14 +105,14 @@ def execute_job(
         if job is None or job.status != JobStatus.queued.value:
             log.info("job %s is %s: nothing to do", job_id, job.status if job else "gone")
             return None
+        timeout_s = settings.timeout_for(job.task)
         try:
             attempt = start_job(session, job_id, seen_attempts=job.attempts, lease_s=settings.lease_s)
         except StaleTransition:
             return None
     log.info("job %s attempt %d started", job_id, attempt)
     heartbeat = LeaseHeartbeat(
-        database_url, job_id, attempt, lease_s=settings.lease_s, interval_s=settings.heartbeat_s,
-        deadline_s=settings.job_timeout_s,
+        database_url, job_id, attempt, lease_s=settings.lease_s, interval_s=settings.heartbeat_s, deadline_s=timeout_s
     )
     with heartbeat, session_scope(database_url) as session:
         job = session.get(Job, job_id)
@@ -125,7 +125,7 @@ def execute_job(
                 log.info("job %s attempt %d stopped after %d tokens: lease lost", job_id, attempt, result.output_tokens)
                 return None
             if heartbeat.timed_out():
-                raise JobFailure("timeout", f"the job ran longer than {settings.job_timeout_s:g} s")
+                raise JobFailure("timeout", f"the job ran longer than {timeout_s:g} s")
             body = _result_body(job, result)
         except TransientFailure as failure:
             if retry_later is None or attempt >= settings.max_attempts:
