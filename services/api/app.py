@@ -6,12 +6,14 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy.orm import Session
 
 from services.api.auth import KeyRing, load_key_ring
 from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
 from services.api.routes import health, jobs, models, uploads, webhooks
+from services.api.schemas import JobCreate
 from services.api.submitter import JobSubmitter
 from services.api.waiting import JobWaiter
 from shared.config.settings import ApiSettings, get_api_settings
@@ -56,4 +58,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, jobs, uploads, models, webhooks):
         app.include_router(module.router)
+    app.openapi = lambda: _openapi_with_job_create(app)
     return app
+
+
+def _openapi_with_job_create(app: FastAPI) -> dict:
+    """POST /v1/jobs reads its body itself (JSON or multipart), so FastAPI does not see the JSON
+    model; add it to the components its documented request body refers to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        job_create = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(job_create.pop("$defs", {}))
+        components["JobCreate"] = job_create
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("vlmq.api")
@@ -95,6 +95,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(error.status_code, "http_error")
         return JSONResponse(error_body(code, str(error.detail)), error.status_code, getattr(error, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _unstorable_value(_request: Request, error: Exception) -> JSONResponse:
+        # A value the database cannot hold (a NUL character in a path or query parameter…): the
+        # client's input, not the server's fault.
+        log.info("refused a value the database cannot store: %s", str(error).splitlines()[0][:200])
+        return JSONResponse(error_body("validation_error", "the request holds a value that cannot be stored, "
+                                       "such as a NUL character"), 400)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

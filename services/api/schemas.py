@@ -13,6 +13,31 @@ from shared.jobs.states import JobStatus, JobTask
 MAX_METADATA_BYTES = 4096
 
 
+def _refuse_nul(value: Any) -> Any:
+    """PostgreSQL text and JSONB cannot hold NUL characters: refuse them at the edge (400), in
+    every string of a request body, nested ones included."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("strings must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key)
+            _refuse_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_nul(item)
+    return value
+
+
+class RequestBody(BaseModel):
+    """Base of the models clients send."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        return _refuse_nul(data)
+
+
 class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,7 +62,7 @@ class WebhookSpec(BaseModel):
     events: list[str] = Field(default_factory=lambda: ["job.succeeded", "job.failed", "job.canceled"])
 
 
-class InputRef(BaseModel):
+class InputRef(RequestBody):
     """Exactly one of ``url``, ``object_key``, ``upload_id``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -68,7 +93,7 @@ class JobInput(InputRef):
         return self.items if self.items is not None else [InputRef(url=self.url, object_key=self.object_key, upload_id=self.upload_id)]
 
 
-class JobSpec(BaseModel):
+class JobSpec(RequestBody):
     """The fields common to both body forms of ``POST /v1/jobs``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -163,7 +188,7 @@ class PlanPublic(BaseModel):
     model: str
 
 
-class UploadCreate(BaseModel):
+class UploadCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     filename: str = Field(min_length=1, max_length=255)
