@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from services.api.errors import NotFound, ValidationFailed
 from services.api.schemas import JobPublic
+from shared.db.documents import job_fields
 from shared.db.engine import get_sessionmaker
 from shared.db.models import Job, JobResult
 from shared.jobs import JobStatus
@@ -32,23 +33,7 @@ def results_for(session: Session, jobs: list[Job]) -> dict[str, dict]:
 
 
 def job_public(job: Job, result: dict | None) -> JobPublic:
-    return JobPublic(
-        id=job.id,
-        status=job.status,
-        task=job.task,
-        model=job.model,
-        prompt=job.prompt,
-        history=job.history,
-        options=job.options,
-        metadata=job.metadata_,
-        input=job.input,
-        result=result,
-        error=job.error,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+    return JobPublic(**job_fields(job, result))
 
 
 def read_job_public(database_url: str, tenant_id: str, job_id: str) -> JobPublic:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from shared.db.documents import job_fields
 from shared.db.models import Delivery, Job, JobResult, WebhookEndpoint, utcnow
 from shared.ids import new_id
 
@@ -19,24 +20,9 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def job_document(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
-    """The job object of API.md, as the API serves it (tests check it against the API's schema)."""
-    return {
-        "id": job.id,
-        "status": job.status,
-        "task": job.task,
-        "model": job.model,
-        "prompt": job.prompt,
-        "history": job.history,
-        "options": job.options,
-        "metadata": job.metadata_,
-        "input": job.input,
-        "result": result,
-        "error": job.error,
-        "attempts": job.attempts,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-    }
+    """The job object as JSON values, the way the API serves it."""
+    fields = job_fields(job, result)
+    return fields | {key: _iso(fields[key]) for key in ("created_at", "started_at", "finished_at")}
 
 
 def record_job_event(session: Session, job_id: str, event_type: str, *, result: dict[str, Any] | None = None) -> Delivery | None:

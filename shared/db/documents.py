@@ -1,0 +1,29 @@
+"""The job object of API.md from a job row: one field mapping for the API's responses and the
+webhook payloads, so the two never drift apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.db.models import Job
+
+
+def job_fields(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
+    """API.md's job object; timestamps stay datetimes (callers serialise them)."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "task": job.task,
+        "model": job.model,
+        "prompt": job.prompt,
+        "history": job.history,
+        "options": job.options,
+        "metadata": job.metadata_,
+        "input": job.input,
+        "result": result,
+        "error": job.error,
+        "attempts": job.attempts,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
