@@ -26,13 +26,13 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 
+from tests.support.receiver import Receiver  # noqa: E402
 from tests.support.services import (  # noqa: E402
     REPO_ROOT,
     RedisServer,
@@ -43,33 +43,6 @@ from tests.support.services import (  # noqa: E402
 )
 
 API_KEY = "soak-key-0123456789"
-
-
-class Receiver:
-    """Counts the distinct webhook-ids of job.succeeded events per job."""
-
-    def __init__(self):
-        self.events: dict[str, set[str]] = defaultdict(set)
-        self.requests = 0
-        lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                with lock:
-                    receiver.requests += 1
-                    receiver.events[body["data"]["id"]].add(self.headers["webhook-id"])
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
 
 
 def _chaos(stack: Stack, redis: RedisServer, stop: threading.Event, kill_every_s: float, stats: dict) -> None:
@@ -106,7 +79,7 @@ def main() -> None:
     redis = RedisServer(data_dir / "redis").start()
     database_name, database_url = create_database()
     migrate(database_url)
-    receiver = Receiver()
+    receiver = Receiver()  # answers 200 to everything
     env = {key: value for key, value in os.environ.items() if not key.startswith("VLMQ_")}
     env.update(
         {
@@ -155,8 +128,14 @@ def main() -> None:
                     pending.discard(job_id)
             time.sleep(1)
         stop.set()
-        time.sleep(3)  # the last webhooks
+        webhooks_deadline = time.monotonic() + 30  # the last deliveries are still on their way
+        while len(receiver.requests) < len(jobs) and time.monotonic() < webhooks_deadline:
+            time.sleep(0.5)
         succeeded = [job for job in jobs.values() if job["status"] == "succeeded"]
+        # Distinct webhook-ids of job.succeeded events per job: more than one is a duplicate.
+        success_events: dict[str, set[str]] = defaultdict(set)
+        for sent in list(receiver.requests):
+            success_events[json.loads(sent["body"])["data"]["id"]].add(sent["headers"]["webhook-id"])
 
         def latency_s(job):
             finished, created = (datetime.fromisoformat(job[key].replace("Z", "+00:00")) for key in ("finished_at", "created_at"))
@@ -168,10 +147,10 @@ def main() -> None:
             "succeeded": len(succeeded),
             "failed": sum(job["status"] == "failed" for job in jobs.values()),
             "lost": len(pending),
-            "duplicated": sum(len(ids_) > 1 for ids_ in receiver.events.values()),
+            "duplicated": sum(len(ids_) > 1 for ids_ in success_events.values()),
             "rerun_after_a_kill": sum(job["attempts"] > 1 for job in jobs.values()),
-            "webhook_requests": receiver.requests,
-            "jobs_with_a_success_webhook": len(receiver.events),
+            "webhook_requests": len(receiver.requests),
+            "jobs_with_a_success_webhook": len(success_events),
             "latency_s_p50": round(statistics.median(latencies), 2) if latencies else None,
             "latency_s_p99": round(latencies[int(0.99 * (len(latencies) - 1))], 2) if latencies else None,
             "wall_s": round(time.monotonic() - began, 1),
