@@ -16,7 +16,6 @@ from sqlalchemy import insert, select, update
 
 from services.api.errors import DependencyDown
 from services.api.idempotency import KeyedRequest, Replayed
-from services.api.ingest import StoredMedia
 from services.api.schemas import JobSpec
 from services.api.submission import job_rows, jobs_table
 from services.api.submitter import JobSubmitter, Submission
@@ -24,6 +23,7 @@ from services.api.waiting import wait_preference
 from shared.config.settings import CommonSettings
 from shared.db.engine import session_scope
 from shared.db.models import Job, JobResult, Media, Tenant, utcnow
+from shared.media import StoredMedia
 from shared.queue import create_celery, queue_for, task_name_for
 from tests.conftest import BUCKET
 from tests.support.media import png_bytes, submit, wait_for_job

@@ -19,6 +19,7 @@ from shared.net import (
     OutboundRefused,
     ResolvedTarget,
     check_url,
+    check_url_form,
     iter_body,
     send,
     stream,
@@ -169,6 +170,32 @@ def test_given_an_internal_address_form_when_checked_then_it_is_refused_as_priva
 
     # then it is refused as a private address
     assert refused.value.reason == "private_address"
+
+
+@pytest.mark.parametrize(
+    ("url", "refused_without_dns"),
+    [
+        ("http://169.254.169.254/latest/", True),
+        ("http://[::ffff:10.0.0.1]/", True),
+        ("http://metadata.google.internal/", True),
+        ("http://127.0.0.1:8080/", True),
+        ("https://images.example.com/cat.png", False),  # a name: only the worker's lookup can tell
+        ("http://2130706433/", False),  # a numeric form the resolver turns into loopback at fetch time
+    ],
+)
+def test_given_a_url_when_its_form_is_checked_then_literal_and_named_internal_hosts_are_refused_without_dns(
+    url, refused_without_dns
+):
+    # given a resolver that must not be used: check_url_form never resolves
+    # when only the URL's form is checked (what the API does before accepting a media URL)
+    if refused_without_dns:
+        with pytest.raises(OutboundRefused) as refused:
+            check_url_form(url, allow_private=False)
+        # then internal hosts are refused at once
+        assert refused.value.reason == "private_address"
+    else:
+        parsed, host, port = check_url_form(url, allow_private=False)
+        assert (str(parsed), port) == (url, 443 if url.startswith("https") else 80) and host
 
 
 def test_given_decimal_octal_and_short_forms_when_resolved_then_they_are_loopback_and_named_in_the_refusal():

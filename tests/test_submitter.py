@@ -8,12 +8,12 @@ import pytest
 import redis
 
 from services.api.errors import DependencyDown, NotFound
-from services.api.ingest import StoredMedia
 from services.api.schemas import InputRef, JobSpec
 from services.api.submitter import JobSubmitter, Submission, Unresolved
 from shared.config.settings import CommonSettings
 from shared.db.engine import session_scope
 from shared.db.models import Job, Tenant
+from shared.media import StoredMedia
 from shared.queue import create_celery
 from tests.support.services import free_port
 

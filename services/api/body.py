@@ -10,12 +10,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.api.errors import NotFound, UnsupportedMedia, ValidationFailed
-from services.api.ingest import MediaIngest, StoredMedia, inspect_stored_object
+from services.api.ingest import MediaIngest, fetch_error, inspect_stored_object
 from services.api.multipart import discard_new_media, parse_media_form
 from services.api.schemas import InputRef, JobCreate, JobSpec
 from services.api.submission import check_media_fits_task, known_media, object_keys_for
 from shared.config.settings import ApiSettings
 from shared.db.engine import get_engine
+from shared.media import StoredMedia
+from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
+from shared.net import OutboundRefused, check_url_form
 from shared.storage import ObjectNotFound, ObjectStore
 
 MAX_JSON_BODY = 1024 * 1024
@@ -58,7 +61,10 @@ class JobBodyReader:
         if body.media is not None:
             return body.spec, body.media
         keys, known = await run_in_threadpool(self._lookup, body.refs)
-        media = [known.get(key) or await self.inspect(key) for key in keys]
+        media = [
+            await self.fetch(str(ref.url)) if key is None else known.get(key) or await self.inspect(key)
+            for key, ref in zip(keys, body.refs, strict=True)
+        ]
         check_media_fits_task(body.spec, media)
         return body.spec, media
 
@@ -98,15 +104,20 @@ class JobBodyReader:
         except ValidationError as error:
             raise _validation_details(error) from error
         refs = create.input.refs() if create.input else []
-        if any(ref.url is not None for ref in refs):
-            raise ValidationFailed("media by URL is not supported yet; upload it instead", code="unsupported_input")
+        for ref in refs:
+            if ref.url is not None:
+                # What can be refused without DNS is refused now; the fetch checks the rest.
+                try:
+                    check_url_form(str(ref.url), allow_private=self.settings.allow_private_networks)
+                except OutboundRefused as refusal:
+                    raise ValidationFailed(str(refusal), code="url_refused", details={"url": str(ref.url)}) from None
         spec = JobSpec.model_validate(create.model_dump(exclude={"input"}))
         if not refs:
             check_media_fits_task(spec, [])
             return JobBody(spec, media=[])
         return JobBody(spec, refs=refs)
 
-    def _lookup(self, refs: list[InputRef]) -> tuple[list[str], dict[str, StoredMedia]]:
+    def _lookup(self, refs: list[InputRef]) -> tuple[list[str | None], dict[str, StoredMedia]]:
         with get_engine(self.settings.resolved_database_url).connect() as connection:
             keys = object_keys_for(connection, self.tenant_id, refs)
             return keys, known_media(connection, self.tenant_id, keys)
@@ -120,3 +131,10 @@ class JobBodyReader:
             )
         except ObjectNotFound as error:
             raise NotFound(f"no object {key!r} in your storage", code="object_not_found") from error
+
+    async def fetch(self, url: str) -> StoredMedia:
+        """Media by URL, for a plan: fetched through the same guard and checks as a job's, not stored."""
+        try:
+            return await run_in_threadpool(fetch_media, url, limits=FetchLimits.from_settings(self.settings))
+        except FetchFailed as failure:
+            raise fetch_error(failure) from None

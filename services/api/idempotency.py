@@ -18,9 +18,9 @@ from sqlalchemy import Connection, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from services.api.ingest import StoredMedia
 from services.api.schemas import InputRef, JobSpec
 from shared.db.models import Job, utcnow
+from shared.media import StoredMedia
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 jobs_table = Job.__table__

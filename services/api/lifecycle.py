@@ -73,7 +73,9 @@ def delete_tenant_job(session: Session, store: ObjectStore, *, tenant_id: str, j
     if job is None:
         raise NotFound(f"no job {job_id}", code="job_not_found")
     prefix = tenant_prefix(tenant_id)
-    keys = sorted({item["object_key"] for item in job.input.get("items", []) if item["object_key"].startswith(prefix)})
+    keys = sorted({
+        key for item in job.input.get("items", []) if (key := item.get("object_key")) and key.startswith(prefix)
+    })
     if keys:
         # Locked in key order before the reference check: two deletes of jobs sharing an object
         # serialise here, and the second sees the first's job gone and removes what it left.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.api.ingest import StoredMedia
 from services.api.schemas import ImagePlanPublic, JobSpec, PlanPublic
+from shared.media import StoredMedia
 from workers.inference.runtime.checkpoint import CheckpointInfo
 from workers.inference.runtime.prompts import build_prompt, plan_images, question_for
 from workers.inference.runtime.tiling import TOKENS_PER_TILE

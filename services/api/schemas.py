@@ -130,10 +130,13 @@ class JobCreate(JobSpec):
 
 
 class MediaItemPublic(BaseModel):
-    object_key: str
-    content_type: str
-    size_bytes: int
-    sha256: str
+    """One input item. Media given by ``url`` shows only its URL until the worker has fetched it."""
+
+    url: str | None = None
+    object_key: str | None
+    content_type: str | None
+    size_bytes: int | None
+    sha256: str | None
     width: int | None
     height: int | None
     duration_s: float | None

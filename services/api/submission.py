@@ -9,16 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from services.api.errors import NotFound, ValidationFailed
 from services.api.idempotency import KeyedRequest
-from services.api.ingest import StoredMedia
 from services.api.schemas import InputRef, JobPublic, JobSpec
 from shared.db.models import Job, Media, Upload, utcnow
 from shared.ids import new_id
 from shared.jobs import JobStatus, JobTask
+from shared.media import PendingUrl, StoredMedia
 from shared.storage import tenant_prefix, upload_key
 
 media_table = Media.__table__
@@ -27,10 +25,13 @@ uploads_table = Upload.__table__
 _MEDIA_FIELDS = ("object_key", "content_type", "size_bytes", "sha256", "width", "height", "duration_s", "fps")
 
 
-def check_media_fits_task(spec: JobSpec, media: list[StoredMedia]) -> None:
-    videos = [item for item in media if not item.is_image]
+def check_media_fits_task(spec: JobSpec, media: list[StoredMedia | PendingUrl]) -> None:
+    """What can be told before the job runs. A URL's kind is known only once it is fetched: the
+    worker checks again then (``workers.inference.media``)."""
+    images = [item for item in media if item.is_image is True]
+    videos = [item for item in media if item.is_image is False]
     if spec.task.is_video:
-        if len(media) != 1 or len(videos) != 1:
+        if len(media) != 1 or images:
             raise ValidationFailed(f"task {spec.task.value} needs exactly one video", code="invalid_input")
     elif videos:
         raise ValidationFailed(f"task {spec.task.value} takes images, not video", code="invalid_input")
@@ -38,12 +39,15 @@ def check_media_fits_task(spec: JobSpec, media: list[StoredMedia]) -> None:
         raise ValidationFailed(f"task {spec.task.value} needs at least one image", code="invalid_input")
 
 
-def object_keys_for(connection: Connection, tenant_id: str, refs: list[InputRef]) -> list[str]:
-    """The storage keys refs name; uploads and keys of other tenants do not exist for this one."""
+def object_keys_for(connection: Connection, tenant_id: str, refs: list[InputRef]) -> list[str | None]:
+    """The storage keys refs name (None for a URL); uploads and keys of other tenants do not exist
+    for this one."""
     prefix = tenant_prefix(tenant_id)
-    keys = []
+    keys: list[str | None] = []
     for ref in refs:
-        if ref.upload_id is not None:
+        if ref.url is not None:
+            keys.append(None)
+        elif ref.upload_id is not None:
             owner = connection.scalar(select(uploads_table.c.tenant_id).where(uploads_table.c.id == ref.upload_id))
             if owner != tenant_id:
                 raise NotFound(f"no upload {ref.upload_id}", code="upload_not_found")
@@ -55,8 +59,9 @@ def object_keys_for(connection: Connection, tenant_id: str, refs: list[InputRef]
     return keys
 
 
-def known_media(connection: Connection, tenant_id: str, object_keys: list[str]) -> dict[str, StoredMedia]:
+def known_media(connection: Connection, tenant_id: str, object_keys: list[str | None]) -> dict[str, StoredMedia]:
     """What the media table already knows of these keys, in one query."""
+    object_keys = [key for key in object_keys if key is not None]
     if not object_keys:
         return {}
     columns = [media_table.c[name] for name in _MEDIA_FIELDS]
@@ -66,18 +71,13 @@ def known_media(connection: Connection, tenant_id: str, object_keys: list[str]) 
     return {row.object_key: StoredMedia(*row, recorded=True) for row in rows}
 
 
-def insert_media_ignoring_duplicates(connection: Connection):
-    """INSERT … ON CONFLICT DO NOTHING: content-addressed rows may race benignly."""
-    dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    return dialect_insert(media_table).on_conflict_do_nothing()
-
-
 def job_rows(
-    *, tenant_id: str, spec: JobSpec, model_id: str, media: list[StoredMedia], keyed: KeyedRequest | None = None
+    *, tenant_id: str, spec: JobSpec, model_id: str, media: list[StoredMedia | PendingUrl],
+    keyed: KeyedRequest | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The job row and the media rows not yet recorded, for one transaction (``JobSubmitter``)."""
     now = utcnow()
-    new_media = [{"tenant_id": tenant_id, "created_at": now, **item.as_input_item()} for item in media if not item.recorded]
+    new_media = [{"tenant_id": tenant_id, "created_at": now, **item.as_media_row()} for item in media if not item.recorded]
     job = {
         "id": new_id("job"),
         "tenant_id": tenant_id,

@@ -24,7 +24,13 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import insert
 
-from services.api.errors import ApiError, Conflict, DatabaseDown, DependencyDown, IdempotencyKeyReused
+from services.api.errors import (
+    ApiError,
+    Conflict,
+    DatabaseDown,
+    DependencyDown,
+    IdempotencyKeyReused,
+)
 from services.api.idempotency import (
     KeyedRequest,
     Replayed,
@@ -33,18 +39,18 @@ from services.api.idempotency import (
     release_expired_keys,
     release_key,
 )
-from services.api.ingest import StoredMedia
 from services.api.schemas import InputRef, JobSpec
 from services.api.submission import (
     check_media_fits_task,
-    insert_media_ignoring_duplicates,
     job_rows,
     jobs_table,
     known_media,
     object_keys_for,
 )
 from shared.db.engine import get_engine, session_scope
+from shared.db.media_rows import insert_media_ignoring_duplicates
 from shared.jobs import JobStatus, StaleTransition, fail_job
+from shared.media import PendingUrl, StoredMedia
 from shared.queue import queue_for, task_name_for
 
 log = logging.getLogger("vlmq.api")
@@ -55,8 +61,8 @@ MAX_BATCH = 64
 class Unresolved:
     """Some refs name objects the API has never seen: the caller inspects those and submits again."""
 
-    keys: list[str]
-    media: list[StoredMedia | None]
+    keys: list[str | None]  # None for a URL
+    media: list[StoredMedia | PendingUrl | None]
 
 
 @dataclass
@@ -64,10 +70,10 @@ class Submission:
     tenant_id: str
     spec: JobSpec
     model_id: str
-    media: list[StoredMedia] | None = None  # known media, or None to resolve ``refs``
+    media: list[StoredMedia | PendingUrl] | None = None  # known media, or None to resolve ``refs``
     refs: list[InputRef] = field(default_factory=list)
     keyed: KeyedRequest | None = None  # the request's Idempotency-Key and body fingerprint
-    keys: list[str] = field(default_factory=list)  # the refs' storage keys, once resolved
+    keys: list[str | None] = field(default_factory=list)  # the refs' storage keys (None: a URL), once resolved
     done: Future = field(default_factory=Future)
     rows: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
 
@@ -180,7 +186,7 @@ class JobSubmitter:
             except ApiError as error:
                 item.done.set_exception(error)
                 continue
-            keys_by_tenant.setdefault(item.tenant_id, set()).update(item.keys)
+            keys_by_tenant.setdefault(item.tenant_id, set()).update(key for key in item.keys if key is not None)
         return {
             (tenant, key): media
             for tenant, keys in keys_by_tenant.items()
@@ -193,7 +199,10 @@ class JobSubmitter:
             return False
         media = item.media
         if media is None:
-            found = [known.get((item.tenant_id, key)) for key in item.keys]
+            found = [
+                PendingUrl(str(ref.url)) if key is None else known.get((item.tenant_id, key))
+                for key, ref in zip(item.keys, item.refs, strict=True)
+            ]
             if None in found:
                 item.done.set_result(Unresolved(item.keys, found))
                 return False

@@ -53,6 +53,10 @@ class CommonSettings(BaseSettings):
     hub_cache_dir: Path | None = Field(default=None, description="Where hub ids are looked up; default: data_dir/hub.")
     hub_download: bool = Field(default=False, description="Download hub ids that are not in the cache yet.")
     allow_private_networks: bool = False
+    # Media limits hold for uploads (API) and for media fetched by URL (worker) alike.
+    max_upload_bytes: int = Field(default=2048 * MiB, description="Largest accepted media file.")
+    max_image_bytes: int = Field(default=64 * MiB, description="Largest accepted image file.")
+    media_fetch_timeout_s: float = Field(default=300.0, gt=0, description="Longest a media URL may take to fetch.")
 
     @property
     def resolved_database_url(self) -> str:
@@ -108,8 +112,6 @@ class ApiSettings(CommonSettings):
     api_port: int = 8000
     api_workers: int = Field(default=1, ge=1, description="API server processes.")
     api_access_log: bool = Field(default=True, description="uvicorn's per-request access log lines.")
-    max_upload_bytes: int = Field(default=2048 * MiB, description="Largest accepted media file.")
-    max_image_bytes: int = Field(default=64 * MiB, description="Largest accepted image file.")
     upload_url_ttl_s: int = 3600
     public_url: str | None = Field(
         default=None, description="Base URL clients use to reach the API (for local-storage upload URLs)."

@@ -140,6 +140,18 @@ def cancel_job(session: Session, job_id: str) -> JobStatus:
     return from_status
 
 
+def record_fetched_input(session: Session, job_id: str, *, attempt: int, items: list[dict[str, Any]]) -> None:
+    """A running attempt fills in ``input.items`` with the media it fetched by URL, so later attempts
+    and DELETE see them; guarded like a transition, so a stale attempt writes nothing."""
+    outcome = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt)
+        .values(input={"items": items})
+    )
+    if outcome.rowcount != 1:
+        raise StaleTransition(f"job {job_id} is no longer running attempt {attempt}")
+
+
 def finish_job(session: Session, job_id: str, *, attempt: int, result: dict[str, Any]) -> None:
     """running → succeeded, storing the result of exactly this attempt."""
     _transition(

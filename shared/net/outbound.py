@@ -114,8 +114,9 @@ def resolve_host(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def check_url(url: str | httpx.URL, *, allow_private: bool, resolve: Resolver = resolve_host) -> ResolvedTarget:
-    """Parse, resolve and check ``url``; raise OutboundRefused unless every resolved address is allowed."""
+def check_url_form(url: str | httpx.URL, *, allow_private: bool) -> tuple[httpx.URL, str, int]:
+    """Everything check_url() decides without DNS: the URL's form, its scheme, internal host names and
+    literal addresses. Cheap enough for the API to refuse a bad URL at once; returns (url, host, port)."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
@@ -131,9 +132,26 @@ def check_url(url: str | httpx.URL, *, allow_private: bool, resolve: Resolver = 
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     if not 1 <= port <= 65535:
         raise OutboundRefused("bad_url", f"port {port} of {host} is out of range")
-    name = host.lower().rstrip(".")
-    if not allow_private and (name in _INTERNAL_NAMES or name.endswith(_INTERNAL_SUFFIXES)):
-        raise OutboundRefused("private_address", f"{host} is an internal host name")
+    if not allow_private:
+        name = host.lower().rstrip(".")
+        if name in _INTERNAL_NAMES or name.endswith(_INTERNAL_SUFFIXES):
+            raise OutboundRefused("private_address", f"{host} is an internal host name")
+        if _is_ip_literal(host) and (why := why_forbidden(host)):
+            raise OutboundRefused("private_address", f"refused {host}: {why}")
+    return parsed, host, port
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def check_url(url: str | httpx.URL, *, allow_private: bool, resolve: Resolver = resolve_host) -> ResolvedTarget:
+    """Parse, resolve and check ``url``; raise OutboundRefused unless every resolved address is allowed."""
+    parsed, host, port = check_url_form(url, allow_private=allow_private)
     addresses = tuple(resolve(host, port))
     if not addresses:
         raise OutboundRefused("unresolvable", f"{host} resolves to no address")

@@ -16,7 +16,8 @@ from shared.config.settings import get_worker_settings
 from shared.jobs.states import JobTask
 from shared.queue import create_celery, queue_for, task_name_for
 from shared.storage import open_store
-from workers.inference.execute import JobFailure, execute_job
+from workers.inference.execute import execute_job
+from workers.inference.failures import JobFailure
 
 log = logging.getLogger("vlmq.worker")
 settings = get_worker_settings()

@@ -6,56 +6,28 @@ every status change is a compare-and-set through ``shared.jobs``.
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 from collections.abc import Callable
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from shared.config.settings import WorkerSettings
 from shared.db.engine import session_scope
 from shared.db.models import Job, utcnow
 from shared.jobs import JobStatus, JobTask, StaleTransition, fail_job, finish_job, requeue_job, start_job
 from shared.jobs.states import RUNNABLE_TASKS
-from shared.storage import ObjectNotFound, ObjectStore, StorageError
+from shared.storage import ObjectStore
+from workers.inference.failures import AttemptStopped, JobFailure, TransientFailure
 from workers.inference.lease import LeaseHeartbeat
+from workers.inference.media import fetch_pending_urls, load_images
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
 
 log = logging.getLogger("vlmq.worker")
 
 
-class JobFailure(Exception):
-    """A permanent failure with a reason code for the user."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-class TransientFailure(JobFailure):
-    """Worth another attempt later (storage unreachable); after the last attempt, a failure."""
-
-
 # Re-publish a job id after a delay: (job_id, task, model, delay_s).
 RetryLater = Callable[[str, str, str, float], None]
-
-
-def _load_images(store: ObjectStore, items: list[dict]) -> list[Image.Image]:
-    images = []
-    for item in items:
-        try:
-            data = store.read(item["object_key"])
-        except ObjectNotFound as error:
-            raise JobFailure("media_unavailable", f"media {item['object_key']} does not exist") from error
-        except StorageError as error:
-            raise TransientFailure("media_unavailable", f"media {item['object_key']} could not be read: {error}") from error
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise JobFailure("invalid_media", f"the image could not be decoded: {error}") from error
-    return images
 
 
 def _request_for(job: Job, images: list[Image.Image]) -> GenerationRequest:
@@ -119,14 +91,23 @@ def execute_job(
         try:
             if JobTask(job.task) not in RUNNABLE_TASKS:
                 raise JobFailure("unsupported_task", f"this deployment cannot run {job.task} jobs yet")
-            images = _load_images(store, job.input.get("items", []))
-            (result,) = run_batch(job.model, [_request_for(job, images)], heartbeat.should_stop)
+            try:
+                items = fetch_pending_urls(session, job, attempt, store=store, settings=settings,
+                                           should_stop=heartbeat.should_stop)
+                images = load_images(store, items)
+                (result,) = run_batch(job.model, [_request_for(job, images)], heartbeat.should_stop)
+            except AttemptStopped:
+                result = None
             if heartbeat.lost.is_set():  # canceled or requeued while running: this attempt writes nothing
-                log.info("job %s attempt %d stopped after %d tokens: lease lost", job_id, attempt, result.output_tokens)
+                done = f"after {result.output_tokens} tokens" if result is not None else "before generating"
+                log.info("job %s attempt %d stopped %s: lease lost", job_id, attempt, done)
                 return None
             if heartbeat.timed_out():
                 raise JobFailure("timeout", f"the job ran longer than {timeout_s:g} s")
             body = _result_body(job, result)
+        except StaleTransition:  # the attempt lost the job while recording fetched media
+            session.rollback()
+            return None
         except TransientFailure as failure:
             if retry_later is None or attempt >= settings.max_attempts:
                 return _fail(session, job_id, attempt, failure.code, f"{failure.message} (after {attempt} attempts)")

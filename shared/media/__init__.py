@@ -1,0 +1,24 @@
+"""Media files: what vlmq accepts (sniffed by content), their checks, and fetching them by URL."""
+
+from shared.media.check import (
+    MediaCheck,
+    MediaRejected,
+    PendingUrl,
+    StoredMedia,
+    image_size,
+    settle_staged,
+)
+from shared.media.types import IMAGE_TYPES, SNIFF_BYTES, VIDEO_TYPES, sniff_media_type
+
+__all__ = [
+    "IMAGE_TYPES",
+    "SNIFF_BYTES",
+    "VIDEO_TYPES",
+    "MediaCheck",
+    "MediaRejected",
+    "PendingUrl",
+    "StoredMedia",
+    "image_size",
+    "settle_staged",
+    "sniff_media_type",
+]

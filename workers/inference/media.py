@@ -1,0 +1,82 @@
+"""A job's media, ready for the model: media given by URL fetched first, then images decoded.
+
+Fetching happens under the attempt's lease, so a worker that dies mid-download is noticed like any
+other, and the fetched items are written back to the job (``shared.jobs.record_fetched_input``)
+so a retry does not download again and DELETE removes the stored copy.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy.orm import Session
+
+from shared.config.settings import WorkerSettings
+from shared.db.media_rows import insert_media_ignoring_duplicates
+from shared.db.models import Job, utcnow
+from shared.jobs import JobTask, record_fetched_input
+from shared.media import StoredMedia
+from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
+from shared.storage import ObjectNotFound, ObjectStore, StorageError
+from workers.inference.failures import AttemptStopped, JobFailure, TransientFailure
+
+
+def fetch_pending_urls(
+    session: Session, job: Job, attempt: int, *, store: ObjectStore, settings: WorkerSettings,
+    should_stop: Callable[[], bool],
+) -> list[dict]:
+    """The job's input items with every not-yet-fetched URL fetched, stored and recorded."""
+    items = [dict(item) for item in job.input.get("items", [])]
+    pending = [index for index, item in enumerate(items) if item.get("url") and not item.get("object_key")]
+    if not pending:
+        return items
+    limits = FetchLimits.from_settings(settings)
+    fetched: list[StoredMedia] = []
+    for index in pending:
+        try:
+            media = fetch_media(items[index]["url"], limits=limits, store=store, tenant_id=job.tenant_id,
+                                should_stop=should_stop)
+        except FetchFailed as failure:
+            if failure.code == "stopped":
+                raise AttemptStopped(failure.message) from None
+            raise (TransientFailure if failure.transient else JobFailure)(failure.code, failure.message) from None
+        _check_kind(job.task, media)
+        items[index] = media.as_input_item()
+        fetched.append(media)
+    now = utcnow()
+    connection = session.connection()
+    connection.execute(insert_media_ignoring_duplicates(connection),
+                       [{"tenant_id": job.tenant_id, "created_at": now, **media.as_media_row()} for media in fetched])
+    # A stale attempt raises StaleTransition here and writes nothing; what it stored stays in
+    # storage unreferenced (content-addressed, so it may equally be another job's file).
+    record_fetched_input(session, job.id, attempt=attempt, items=items)
+    session.commit()
+    return items
+
+
+def _check_kind(task: str, media: StoredMedia) -> None:
+    """The check the API could not make before the URL was fetched: images for image tasks,
+    one video for video tasks."""
+    wants_video = JobTask(task).is_video
+    if media.is_image == wants_video:
+        wanted = "a video" if wants_video else "images"
+        raise JobFailure("invalid_input", f"task {task} takes {wanted}; {media.url} is {media.content_type}")
+
+
+def load_images(store: ObjectStore, items: list[dict]) -> list[Image.Image]:
+    images = []
+    for item in items:
+        try:
+            data = store.read(item["object_key"])
+        except ObjectNotFound as error:
+            raise JobFailure("media_unavailable", f"media {item['object_key']} does not exist") from error
+        except StorageError as error:
+            raise TransientFailure("media_unavailable", f"media {item['object_key']} could not be read: {error}") from error
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+            raise JobFailure("invalid_media", f"the image could not be decoded: {error}") from error
+    return images
