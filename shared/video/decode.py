@@ -1,0 +1,216 @@
+"""Open a video file and read chosen frames: decord first (the cards' decoder), PyAV when decord
+cannot read the file.
+
+Frames are read by keyframe interval: the wanted indices are grouped by the keyframe that starts
+their group of pictures, and groups are decoded in parallel, each by its own reader that seeks to
+its keyframe and decodes forward. The cards read one ``vr[i]`` at a time on one thread; on long
+keyframe intervals that decodes the whole video on one core. Each frame goes through ``transform``
+(e.g. the resize to a 448 tile) inside its thread, so full-size frames never pile up in memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+log = logging.getLogger("vlmq.video")
+
+# decord's get_batch returns every frame of a call at once: keep a call to this many frames.
+BATCH_FRAMES = 8
+
+
+class VideoRejected(Exception):
+    """The file is not a video vlmq can sample; ``code`` is the job's reason code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    max_duration_s: float = 4 * 3600.0
+    max_side: int = 8192  # width or height in pixels
+    max_frames: int = 4 * 3600 * 120
+
+
+@dataclass
+class VideoInfo:
+    n_frames: int
+    fps: float
+    width: int
+    height: int
+    decoder: Literal["decord", "pyav"]
+    key_indices: list[int] = field(default_factory=list, repr=False)  # frame indices of keyframes
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_frames / self.fps
+
+
+Transform = Callable[[np.ndarray], Any]
+
+
+def probe(path: Path, limits: VideoLimits = VideoLimits()) -> VideoInfo:
+    """What the video is, checked against ``limits``; VideoRejected when it cannot be sampled."""
+    _require_video_stream(path)
+    try:
+        info = _probe_decord(path)
+    except Exception as error:  # decord raises its own DECORDError, RuntimeError, or worse
+        log.info("decord cannot read %s (%s); trying PyAV", path.name, error)
+        info = _probe_pyav(path)
+    _check_limits(info, limits)
+    return info
+
+
+def read_frames(
+    path: Path, info: VideoInfo, indices: Sequence[int], *, transform: Transform = lambda frame: frame,
+    max_workers: int | None = None,
+) -> list[Any]:
+    """``transform(frame)`` of each wanted frame (RGB uint8, H×W×3), in the order of ``indices``."""
+    wanted = sorted(set(indices))
+    if not wanted:
+        return []
+    if wanted[0] < 0 or wanted[-1] >= info.n_frames:
+        raise VideoRejected("invalid_input", f"frame {wanted[-1]} is outside the video's {info.n_frames} frames")
+    groups = _groups_by_keyframe(wanted, info.key_indices)
+    workers = max(1, min(len(groups), max_workers or os.cpu_count() or 1))
+    try:
+        parts = _read_groups(path, info, groups, transform, workers, info.decoder)
+    except VideoRejected:
+        raise
+    except Exception as error:
+        if info.decoder != "decord":
+            raise VideoRejected("invalid_media", f"the video could not be decoded: {type(error).__name__}: {error}") from error
+        # decord fails on some files it opens (frame sizes it mis-aligns, damaged tails): PyAV next.
+        log.info("decord could not read frames of %s (%s); reading them with PyAV", path.name, error)
+        try:
+            parts = _read_groups(path, info, groups, transform, workers, "pyav")
+        except VideoRejected:
+            raise
+        except Exception as second:  # a frame no decoder can produce: a truncated or corrupt file
+            raise VideoRejected("invalid_media", f"the video could not be decoded: {type(second).__name__}: {second}") from second
+    by_index = {index: frame for group, frames in zip(groups, parts, strict=True)
+                for index, frame in zip(group, frames, strict=True)}
+    return [by_index[index] for index in indices]
+
+
+def _read_groups(path: Path, info: VideoInfo, groups: list[list[int]], transform: Transform, workers: int,
+                 decoder: str) -> list[list[Any]]:
+    read_group = _read_group_decord if decoder == "decord" else _read_group_pyav
+    with ThreadPoolExecutor(workers, thread_name_prefix="vlmq-decode") as pool:
+        return list(pool.map(lambda group: read_group(path, info, group, transform), groups))
+
+
+def _require_video_stream(path: Path) -> None:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if container.format.name.endswith("_pipe") or container.format.name == "image2":
+                raise VideoRejected("invalid_media", f"the file is a still image ({container.format.name}), not a video")
+            if not container.streams.video:
+                kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+                raise VideoRejected("no_video_stream", f"the file has no video stream (streams: {', '.join(kinds)})")
+    except VideoRejected:
+        raise
+    except Exception as error:  # av.error.InvalidDataError and friends
+        raise VideoRejected("invalid_media", f"the video could not be opened: {error}") from error
+
+
+def _probe_decord(path: Path) -> VideoInfo:
+    import decord
+
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    height, width = reader[0].shape[:2] if len(reader) else (0, 0)
+    return VideoInfo(
+        n_frames=len(reader), fps=float(reader.get_avg_fps()), width=int(width), height=int(height),
+        decoder="decord", key_indices=[int(index) for index in reader.get_key_indices()],
+    )
+
+
+def _probe_pyav(path: Path) -> VideoInfo:
+    """Counts frames by their packets (no decoding); frame i is the i-th presentation time."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream)
+                       if packet.pts is not None and packet.size]
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except Exception as error:
+        raise VideoRejected("invalid_media", f"the video could not be read: {error}") from error
+    order = sorted(range(len(packets)), key=lambda i: packets[i][0])
+    keys = [rank for rank, i in enumerate(order) if packets[i][1]]
+    return VideoInfo(n_frames=len(packets), fps=float(rate or 0), width=width, height=height, decoder="pyav",
+                     key_indices=keys or [0])
+
+
+def _check_limits(info: VideoInfo, limits: VideoLimits) -> None:
+    if info.n_frames <= 0:
+        raise VideoRejected("empty_video", "the video has no frames")
+    if not math.isfinite(info.fps) or info.fps <= 0:
+        raise VideoRejected("invalid_media", f"the video has no usable frame rate ({info.fps})")
+    if info.width <= 0 or info.height <= 0:
+        raise VideoRejected("invalid_media", "the video's frames have no size")
+    if max(info.width, info.height) > limits.max_side:
+        raise VideoRejected("video_too_large", f"{info.width}×{info.height} is larger than {limits.max_side} pixels a side")
+    if info.duration_s > limits.max_duration_s or info.n_frames > limits.max_frames:
+        raise VideoRejected(
+            "video_too_long", f"{info.duration_s:.0f} s ({info.n_frames} frames) is longer than {limits.max_duration_s:.0f} s"
+        )
+
+
+def _groups_by_keyframe(wanted: list[int], key_indices: list[int]) -> list[list[int]]:
+    """Wanted indices (sorted) split where a keyframe lies between them, then into calls of at most
+    BATCH_FRAMES."""
+    keys = sorted(key_indices) or [0]
+    groups: dict[int, list[int]] = {}
+    for index in wanted:
+        key = keys[max(0, bisect.bisect_right(keys, index) - 1)]
+        groups.setdefault(key, []).append(index)
+    return [group[start:start + BATCH_FRAMES] for group in groups.values() for start in range(0, len(group), BATCH_FRAMES)]
+
+
+def _read_group_decord(path: Path, info: VideoInfo, group: list[int], transform: Transform) -> list[Any]:
+    import decord
+
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    frames = reader.get_batch(group).asnumpy()
+    return [transform(frame) for frame in frames]
+
+
+def _read_group_pyav(path: Path, info: VideoInfo, group: list[int], transform: Transform) -> list[Any]:
+    """Decode from the start of the file's packet order to each wanted frame (by presentation order)."""
+    import av
+
+    out: dict[int, Any] = {}
+    wanted = set(group)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts_order = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None and packet.size)
+        container.seek(pts_order[group[0]], stream=stream, backward=True)
+        rank_of = {pts: rank for rank, pts in enumerate(pts_order)}
+        for frame in container.decode(stream):
+            rank = rank_of.get(frame.pts)
+            if rank in wanted:
+                out[rank] = transform(frame.to_ndarray(format="rgb24"))
+                if len(out) == len(wanted):
+                    break
+            elif rank is not None and rank > group[-1]:
+                break
+    missing = wanted - out.keys()
+    if missing:
+        raise VideoRejected("invalid_media", f"frames {sorted(missing)[:5]} could not be decoded")
+    return [out[index] for index in group]
