@@ -30,6 +30,10 @@ PROCESSES = {
         "--concurrency", "1", "--pool", "prefork",
         "-n", "vlmq-inference@%h", "--loglevel", "INFO",
     ],
+    "frames": [
+        sys.executable, "-m", "celery", "-A", "workers.frames.celery_app", "worker",
+        "--concurrency", "2", "--pool", "prefork", "-n", "vlmq-frames@%h", "--loglevel", "INFO",
+    ],
     "notifier": [
         sys.executable, "-m", "celery", "-A", "services.notifier.app", "worker",
         "--concurrency", "4", "--pool", "threads", "-n", "vlmq-notifier@%h", "--loglevel", "INFO",

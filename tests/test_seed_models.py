@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.media import png_bytes, submit, wait_for_job
+from tests.support.videos import make_video
 from workers.inference.runtime.templates import INTERNVL2_5_SYSTEM, INTERNVL2_SYSTEM
 
 SEED_MODELS = ["internvl2-1b", "mini-internvl-chat-4b-v1-5", "internvl2-8b", "internvl2_5-4b"]
@@ -127,9 +128,9 @@ def test_a_job_for_an_unknown_model_is_refused_with_the_registry_hint(acme):
 
 
 @pytest.mark.parametrize("model_id", SEED_MODELS)
-def test_plan_of_a_video_question_numbers_one_placeholder_per_frame(acme, model_id):
-    # given a video question with 3 frames (the plan reads no frames, so a file header suffices)
-    video = b"\x00\x00\x00\x18ftypmp42" + bytes(64)
+def test_plan_of_a_video_question_numbers_one_placeholder_per_frame(acme, model_id, tmp_path):
+    # given a video question with 3 frames
+    video = make_video(tmp_path / "clip.mp4", seconds=1).read_bytes()
     request = {"task": "video_qa", "model": model_id, "prompt": "What happens?", "options": {"num_frames": 3}}
 
     # when it is planned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -133,8 +134,12 @@ class JobBodyReader:
             raise NotFound(f"no object {key!r} in your storage", code="object_not_found") from error
 
     async def fetch(self, url: str) -> StoredMedia:
-        """Media by URL, for a plan: fetched through the same guard and checks as a job's, not stored."""
+        """Media by URL, for a plan: fetched through the same guard and checks as a job's (and stored
+        with ``keep_files``, for a plan that must probe a video; the caller discards it after)."""
+        store, tenant = (self.store, self.tenant_id) if self.keep_files else (None, None)
         try:
-            return await run_in_threadpool(fetch_media, url, limits=FetchLimits.from_settings(self.settings))
+            return await run_in_threadpool(
+                partial(fetch_media, url, limits=FetchLimits.from_settings(self.settings), store=store, tenant_id=tenant)
+            )
         except FetchFailed as failure:
             raise fetch_error(failure) from None

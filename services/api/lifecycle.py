@@ -95,6 +95,8 @@ def delete_tenant_job(session: Session, store: ObjectStore, *, tenant_id: str, j
         # back, and the client's retry deletes again (deleting a missing object is a no-op).
         for key in orphaned:
             store.delete(key)
+        if job.prepared:  # a video job's sampled frames
+            store.delete(job.prepared["frames_key"])
     except (StorageError, OSError) as error:
         session.rollback()
         log.error("could not delete the media of %s: %s", job_id, error)

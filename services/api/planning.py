@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from services.api.schemas import ImagePlanPublic, JobSpec, PlanPublic
+from starlette.concurrency import run_in_threadpool
+
+from services.api.errors import DependencyDown, InvalidMedia, ValidationFailed
+from services.api.schemas import FramePublic, ImagePlanPublic, JobSpec, PlanPublic
+from shared.config.settings import ApiSettings
 from shared.media import StoredMedia
+from shared.storage import ObjectStore
+from shared.video import SampledFrame
+from workers.frames.extract import ExtractionFailed, plan_frames
 from workers.inference.runtime.checkpoint import CheckpointInfo
 from workers.inference.runtime.prompts import build_prompt, plan_images, question_for
 from workers.inference.runtime.tiling import TOKENS_PER_TILE
 
 
-def plan_job(spec: JobSpec, media: list[StoredMedia], *, model_id: str, checkpoint: CheckpointInfo) -> PlanPublic:
-    """The exact prompt and tiles. A video's frames are one 448×448 tile each; which frames are
-    sampled needs the decoded video and is not part of the plan yet (``frames`` stays empty)."""
+def plan_job(
+    spec: JobSpec, media: list[StoredMedia], *, model_id: str, checkpoint: CheckpointInfo,
+    frames: list[SampledFrame] | None = None,
+) -> PlanPublic:
+    """The exact prompt and tiles. A video's ``frames`` (sampled from the probed video) are one
+    448×448 tile each."""
     images = [item for item in media if item.is_image]
-    n_frames = spec.options.num_frames if spec.task.value.startswith("video_") else 0
+    frames = frames or []
+    n_frames = len(frames)
     plans = plan_images(
         [(item.width, item.height) for item in images],  # type: ignore[misc]
         max_tiles=spec.options.max_tiles,
@@ -34,7 +45,19 @@ def plan_job(spec: JobSpec, media: list[StoredMedia], *, model_id: str, checkpoi
             ImagePlanPublic(width=plan.width, height=plan.height, tile_grid=plan.tile_grid, tiles=plan.tiles)
             for plan in plans
         ],
-        frames=[],
+        frames=[FramePublic(index=frame.index, time_s=frame.time_s) for frame in frames],
         image_tokens=TOKENS_PER_TILE * (sum(plan.tiles for plan in plans) + n_frames),
         model=model_id,
     )
+
+
+async def sample_plan_frames(store: ObjectStore, object_key: str, options: dict, *, settings: ApiSettings) -> list[SampledFrame]:
+    """The frames a video job would sample, from the stored video (probed, not decoded)."""
+    try:
+        return await run_in_threadpool(plan_frames, store, object_key, options, settings=settings)
+    except ExtractionFailed as failure:
+        if failure.transient:
+            raise DependencyDown(failure.message, code="storage_unavailable") from None
+        if failure.code == "invalid_input":
+            raise ValidationFailed(failure.message, code="invalid_input") from None
+        raise InvalidMedia(failure.message, code=failure.code) from None

@@ -51,6 +51,12 @@ class JobOptions(BaseModel):
     start_s: float | None = Field(default=None, ge=0.0)
     end_s: float | None = Field(default=None, ge=0.0)
 
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> JobOptions:
+        if self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s:
+            raise ValueError("start_s must be before end_s")
+        return self
+
 
 class HistoryTurn(BaseModel):
     user: str

@@ -51,7 +51,7 @@ from shared.db.engine import get_engine, session_scope
 from shared.db.media_rows import insert_media_ignoring_duplicates
 from shared.jobs import JobStatus, StaleTransition, fail_job
 from shared.media import PendingUrl, StoredMedia
-from shared.queue import queue_for, task_name_for
+from shared.queue import route_for
 
 log = logging.getLogger("vlmq.api")
 MAX_BATCH = 64
@@ -230,10 +230,8 @@ class JobSubmitter:
     def _enqueue(self, item: Submission, producer) -> None:
         row = item.rows[0]
         try:
-            self._celery.send_task(
-                task_name_for(row["task"]), args=[row["id"]], queue=queue_for(row["model"]), producer=producer,
-                retry=False,
-            )
+            task_name, queue = route_for(row["task"], row["model"], prepared=False)
+            self._celery.send_task(task_name, args=[row["id"]], queue=queue, producer=producer, retry=False)
         except Exception as error:  # kombu raises several unrelated types for a broker that is down
             self._fail(item, error)
             return

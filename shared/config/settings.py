@@ -57,6 +57,8 @@ class CommonSettings(BaseSettings):
     max_upload_bytes: int = Field(default=2048 * MiB, description="Largest accepted media file.")
     max_image_bytes: int = Field(default=64 * MiB, description="Largest accepted image file.")
     media_fetch_timeout_s: float = Field(default=300.0, gt=0, description="Longest a media URL may take to fetch.")
+    max_video_duration_s: float = Field(default=4 * 3600.0, gt=0, description="Longest video a job may sample.")
+    max_video_side: int = Field(default=8192, gt=0, description="Widest or tallest video frame, in pixels.")
 
     @property
     def resolved_database_url(self) -> str:
@@ -163,6 +165,19 @@ class WorkerSettings(CommonSettings):
         if unknown:
             raise ValueError(f"VLMQ_SERVE_MODELS names models not in the registry: {', '.join(unknown)}")
         return self.serve_models or list(self.model_sources)
+
+
+class FramesSettings(CommonSettings):
+    """The frames worker: decodes and samples video frames on CPUs, ahead of the GPU worker."""
+
+    decode_threads: int = Field(default=0, ge=0, description="Decoder threads per video; 0: one per CPU.")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
+    retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
+
+
+@lru_cache
+def get_frames_settings() -> FramesSettings:
+    return FramesSettings()
 
 
 class NotifierSettings(CommonSettings):

@@ -124,6 +124,9 @@ class Job(Base):
     # Idempotency-Key of the create request and the sha256 of its body (same key, other body → 409).
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_sha256: Mapped[str | None] = mapped_column(String(64))
+    # A video job's sampled frames, once the frames worker extracted them: where the frame bundle
+    # is, which frames, what the video is (workers.frames).
+    prepared: Mapped[dict[str, Any] | None]
 
 
 class JobResult(Base):

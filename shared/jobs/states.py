@@ -41,5 +41,5 @@ class JobTask(enum.StrEnum):
         return self in (JobTask.video_caption, JobTask.video_qa)
 
 
-# What the inference worker can run today; the API refuses the rest with a clear error.
-RUNNABLE_TASKS = frozenset({JobTask.caption, JobTask.vqa, JobTask.grounding, JobTask.chat})
+# What the inference worker can run; a task outside it fails with unsupported_task.
+RUNNABLE_TASKS = frozenset(JobTask)

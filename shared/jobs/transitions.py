@@ -140,16 +140,34 @@ def cancel_job(session: Session, job_id: str) -> JobStatus:
     return from_status
 
 
-def record_fetched_input(session: Session, job_id: str, *, attempt: int, items: list[dict[str, Any]]) -> None:
-    """A running attempt fills in ``input.items`` with the media it fetched by URL, so later attempts
-    and DELETE see them; guarded like a transition, so a stale attempt writes nothing."""
+def record_fetched_input(
+    session: Session, job_id: str, *, attempt: int, items: list[dict[str, Any]],
+    status: JobStatus = JobStatus.running,
+) -> None:
+    """A running attempt (or the frames worker, on a queued job) fills in ``input.items`` with the
+    media it fetched by URL, so later attempts and DELETE see them; guarded like a transition, so a
+    stale attempt writes nothing."""
     outcome = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt)
+        .where(Job.id == job_id, Job.status == status.value, Job.attempts == attempt)
         .values(input={"items": items})
     )
     if outcome.rowcount != 1:
-        raise StaleTransition(f"job {job_id} is no longer running attempt {attempt}")
+        raise StaleTransition(f"job {job_id} is no longer {status.value} at attempt {attempt}")
+
+
+def record_prepared_frames(
+    session: Session, job_id: str, *, prepared: dict[str, Any], items: list[dict[str, Any]]
+) -> None:
+    """A queued video job gets its sampled frames (and its video's description in ``input``) once;
+    a canceled, deleted or already prepared job is left alone (StaleTransition)."""
+    outcome = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued.value, Job.prepared.is_(None))
+        .values(prepared=prepared, input={"items": items})
+    )
+    if outcome.rowcount != 1:
+        raise StaleTransition(f"job {job_id} is no longer a queued job without frames")
 
 
 def finish_job(session: Session, job_id: str, *, attempt: int, result: dict[str, Any]) -> None:

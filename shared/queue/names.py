@@ -10,6 +10,20 @@ NOTIFY_QUEUE = "vlmq.notify"
 DELIVER_TASK = "vlmq.notify.deliver"
 
 
+# Video jobs are first sent here: a CPU worker (workers/frames) decodes and samples their frames
+# so the GPU worker never waits on a decoder, then hands the job on to its model's queue.
+FRAMES_QUEUE = "vlmq.frames"
+PREPARE_FRAMES_TASK = "vlmq.frames.prepare"
+
+
+def route_for(task: JobTask | str, model_id: str, *, prepared: bool) -> tuple[str, str]:
+    """(task name, queue) a job's id is published to: a video job without frames goes to the frames
+    worker, every other job to its model's queue."""
+    if JobTask(task).is_video and not prepared:
+        return PREPARE_FRAMES_TASK, FRAMES_QUEUE
+    return task_name_for(task), queue_for(model_id)
+
+
 def queue_for(model_id: str) -> str:
     """Each model has its own queue, so a worker consumes only the jobs of the models it loaded."""
     return f"{INFERENCE_QUEUE}.{model_id}"

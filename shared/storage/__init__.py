@@ -2,13 +2,14 @@
 
 from shared.storage.base import ObjectNotFound, ObjectStore, ObjectWriter, StorageError
 from shared.storage.factory import open_store
-from shared.storage.keys import media_key, staging_key, tenant_prefix, upload_key
+from shared.storage.keys import frames_key, media_key, staging_key, tenant_prefix, upload_key
 
 __all__ = [
     "ObjectNotFound",
     "ObjectStore",
     "ObjectWriter",
     "StorageError",
+    "frames_key",
     "media_key",
     "open_store",
     "staging_key",

@@ -19,5 +19,10 @@ def staging_key(tenant_id: str) -> str:
     return f"{tenant_prefix(tenant_id)}staging/{uuid.uuid4().hex}"
 
 
+def frames_key(tenant_id: str, job_id: str) -> str:
+    """A video job's sampled frames, as one array of 448×448 tiles (workers.frames)."""
+    return f"{tenant_prefix(tenant_id)}frames/{job_id}.npy"
+
+
 def upload_key(tenant_id: str, upload_id: str) -> str:
     return f"{tenant_prefix(tenant_id)}uploads/{upload_id}"

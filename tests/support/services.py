@@ -131,7 +131,7 @@ class ManagedProcess:
 
 @dataclass
 class Stack:
-    """One API process and one inference worker process against the same services."""
+    """The API, an inference worker, the notifier and the frames worker against the same services."""
 
     env: dict[str, str]
     api_url: str
@@ -149,24 +149,21 @@ class Stack:
         )
         if with_worker:
             stack.add_worker("worker")
-            stack.processes.append(
-                ManagedProcess(
-                    "notifier",
-                    [
-                        sys.executable, "-m", "celery", "-A", "services.notifier.app", "worker",
-                        "--concurrency", "2", "--pool", "threads", "-n", f"notifier-{port}@%h",
-                        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-                    ],
-                    env,
-                    data_dir / "notifier.log",
-                ).start()
-            )
+            stack.processes.append(stack._celery("notifier", "services.notifier.app", pool="threads", concurrency=2))
+            stack.processes.append(stack._celery("frames", "workers.frames.celery_app", pool="prefork", concurrency=1))
         try:
             wait_until(stack._ready, timeout_s=60, what="the API's /readyz")
         except TimeoutError:
             stack.stop()
             raise RuntimeError(f"API did not start:\n{stack.processes[0].log_tail()}") from None
         return stack
+
+    def _celery(self, name: str, app: str, *, pool: str, concurrency: int) -> ManagedProcess:
+        command = [
+            sys.executable, "-m", "celery", "-A", app, "worker", "--concurrency", str(concurrency), "--pool", pool,
+            "-n", f"{name}-{self.env['VLMQ_API_PORT']}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        ]
+        return ManagedProcess(name, command, self.env, self.data_dir / f"{name}.log").start()
 
     def add_worker(self, name: str, **env_overrides: str) -> ManagedProcess:
         """Another inference worker process (one pool process) against the same services."""

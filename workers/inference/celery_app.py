@@ -32,7 +32,9 @@ def load_models(**_kwargs) -> None:
     """A model that cannot load fails the jobs that need it, with the reason; it does not put the
     pool into a crash loop."""
     from workers.inference.runtime.loading import LoadOptions
-    from workers.inference.runtime.model import InternVLRuntime  # torch only in worker processes
+    from workers.inference.runtime.model import (
+        InternVLRuntime,  # torch only in worker processes
+    )
     from workers.inference.runtime.sources import resolve_source
 
     options = LoadOptions(device=settings.device, dtype=settings.dtype, load_in_8bit=settings.load_in_8bit)

@@ -15,12 +15,26 @@ from PIL import Image
 from shared.config.settings import WorkerSettings
 from shared.db.engine import session_scope
 from shared.db.models import Job, utcnow
-from shared.jobs import JobStatus, JobTask, StaleTransition, fail_job, finish_job, requeue_job, start_job
+from shared.jobs import (
+    JobStatus,
+    JobTask,
+    StaleTransition,
+    fail_job,
+    finish_job,
+    requeue_job,
+    start_job,
+)
 from shared.jobs.states import RUNNABLE_TASKS
 from shared.storage import ObjectStore
 from workers.inference.failures import AttemptStopped, JobFailure, TransientFailure
 from workers.inference.lease import LeaseHeartbeat
-from workers.inference.media import fetch_pending_urls, load_images
+from workers.inference.media import (
+    VideoFrames,
+    discard_prepared_frames,
+    fetch_pending_urls,
+    load_images,
+    load_video_frames,
+)
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
 
 log = logging.getLogger("vlmq.worker")
@@ -30,13 +44,14 @@ log = logging.getLogger("vlmq.worker")
 RetryLater = Callable[[str, str, str, float], None]
 
 
-def _request_for(job: Job, images: list[Image.Image]) -> GenerationRequest:
+def _request_for(job: Job, images: list[Image.Image], *, frames: list | None = None) -> GenerationRequest:
     options = job.options
     return GenerationRequest(
         task=job.task,
         prompt=job.prompt,
         images=images,
-        max_tiles=options.get("max_tiles", 12),
+        frames=frames or [],
+        max_tiles=1 if frames else options.get("max_tiles", 12),
         max_tiles_total=options.get("max_tiles_total"),
         multi_image=options.get("multi_image", "numbered"),
         history=[(turn["user"], turn["assistant"]) for turn in job.history or []],
@@ -46,7 +61,7 @@ def _request_for(job: Job, images: list[Image.Image]) -> GenerationRequest:
     )
 
 
-def _result_body(job: Job, result: GenerationResult) -> dict:
+def _result_body(job: Job, result: GenerationResult, video: VideoFrames | None = None) -> dict:
     finished = utcnow()
     body = {
         "text": result.text,
@@ -60,6 +75,11 @@ def _result_body(job: Job, result: GenerationResult) -> dict:
     }
     if result.boxes is not None:
         body["boxes"] = result.boxes
+    if video is not None:
+        body["frames"] = video.frames
+        # Decoding ran on the frames worker, off this GPU worker's path: reported apart.
+        body["timings_ms"]["decode"] = round(video.decode_ms, 1)
+        body["timings_ms"]["preprocess"] = round(result.preprocess_ms + video.load_ms, 1)
     return body
 
 
@@ -94,8 +114,12 @@ def execute_job(
             try:
                 items = fetch_pending_urls(session, job, attempt, store=store, settings=settings,
                                            should_stop=heartbeat.should_stop)
-                images = load_images(store, items)
-                (result,) = run_batch(job.model, [_request_for(job, images)], heartbeat.should_stop)
+                if JobTask(job.task).is_video:
+                    video = load_video_frames(job, items, store=store, settings=settings)
+                    request = _request_for(job, [], frames=video.tiles)
+                else:
+                    video, request = None, _request_for(job, load_images(store, items))
+                (result,) = run_batch(job.model, [request], heartbeat.should_stop)
             except AttemptStopped:
                 result = None
             if heartbeat.lost.is_set():  # canceled or requeued while running: this attempt writes nothing
@@ -104,7 +128,7 @@ def execute_job(
                 return None
             if heartbeat.timed_out():
                 raise JobFailure("timeout", f"the job ran longer than {timeout_s:g} s")
-            body = _result_body(job, result)
+            body = _result_body(job, result, video)
         except StaleTransition:  # the attempt lost the job while recording fetched media
             session.rollback()
             return None
@@ -124,6 +148,8 @@ def execute_job(
         except StaleTransition:
             log.info("job %s attempt %d finished after losing its lease: result rejected", job_id, attempt)
             return None
+        session.commit()
+        discard_prepared_frames(store, job)
         return JobStatus.succeeded.value
 
 

@@ -8,7 +8,10 @@ so a retry does not download again and DELETE removes the stored copy.
 from __future__ import annotations
 
 import io
+import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy.orm import Session
@@ -20,7 +23,10 @@ from shared.jobs import JobTask, record_fetched_input
 from shared.media import StoredMedia
 from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
 from shared.storage import ObjectNotFound, ObjectStore, StorageError
+from workers.frames.extract import ExtractionFailed, decode_bundle, extract_frames
 from workers.inference.failures import AttemptStopped, JobFailure, TransientFailure
+
+log = logging.getLogger("vlmq.worker")
 
 
 def fetch_pending_urls(
@@ -80,3 +86,41 @@ def load_images(store: ObjectStore, items: list[dict]) -> list[Image.Image]:
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
             raise JobFailure("invalid_media", f"the image could not be decoded: {error}") from error
     return images
+
+
+@dataclass
+class VideoFrames:
+    tiles: list  # one 448×448×3 uint8 array per frame
+    frames: list[dict]  # {"index", "time_s"} of each
+    decode_ms: float  # spent by the frames worker (or here, when it had to decode itself)
+    load_ms: float  # spent here reading the prepared tiles
+
+
+def load_video_frames(job: Job, items: list[dict], *, store: ObjectStore, settings: WorkerSettings) -> VideoFrames:
+    """The frames the frames worker prepared; decoded here only when the job came without them."""
+    started = time.perf_counter()
+    if job.prepared:
+        try:
+            tiles = decode_bundle(store.read(job.prepared["frames_key"]))
+        except ObjectNotFound as error:
+            raise JobFailure("media_unavailable", "the job's prepared frames are gone") from error
+        except StorageError as error:
+            raise TransientFailure("media_unavailable", f"the job's frames could not be read: {error}") from error
+        return VideoFrames(list(tiles), job.prepared["frames"], job.prepared.get("decode_ms", 0.0),
+                           (time.perf_counter() - started) * 1000)
+    if len(items) != 1:
+        raise JobFailure("invalid_input", "a video task takes exactly one video")
+    try:
+        extracted = extract_frames(store, items[0]["object_key"], job.options, settings=settings)
+    except ExtractionFailed as failure:
+        raise (TransientFailure if failure.transient else JobFailure)(failure.code, failure.message) from None
+    return VideoFrames(list(extracted.tiles), [frame.as_dict() for frame in extracted.frames], extracted.decode_ms, 0.0)
+
+
+def discard_prepared_frames(store: ObjectStore, job: Job) -> None:
+    """Once a video job has ended its frame bundle has served: remove it (best effort)."""
+    if job.prepared:
+        try:
+            store.delete(job.prepared["frames_key"])
+        except StorageError:
+            log.warning("could not delete the frames of %s", job.id)

@@ -23,7 +23,7 @@ from shared.config.settings import WorkerSettings
 from shared.db.engine import session_scope
 from shared.db.models import Job, utcnow
 from shared.jobs import JobStatus, mark_enqueued, requeue_expired_leases
-from shared.queue import queue_for, task_name_for
+from shared.queue import route_for
 
 log = logging.getLogger("vlmq.reaper")
 
@@ -64,24 +64,35 @@ class Reaper:
                     Job.model == model_id,
                     Job.enqueued_at < cutoff,
                 )
-            if stale and self._queue_length(queue_for(model_id)) == 0:
-                self._publish(stale)
+            # Only into an empty queue: a message still waiting there would be a duplicate.
+            lost = [row for row in stale if self._queue_length(self._route(row)[1]) == 0]
+            if lost:
+                self._publish(lost)
                 with session_scope(self.database_url) as session:
-                    mark_enqueued(session, [job_id for job_id, _, _ in stale])
-                republished += len(stale)
+                    mark_enqueued(session, [row[0] for row in lost])
+                republished += len(lost)
         if expired or republished:
             log.info("reaper: %d jobs requeued after a lapsed lease, %d lost messages re-published",
                      len(expired), republished)
         return len(expired), republished
 
     @staticmethod
-    def _rows(session, *conditions, limit: int = 1000) -> list[tuple[str, str, str]]:
-        statement = select(Job.id, Job.task, Job.model).where(*conditions).order_by(Job.id).limit(limit)
+    def _rows(session, *conditions, limit: int = 1000) -> list[tuple[str, str, str, bool]]:
+        """(id, task, model, whether its frames are prepared) of the matching jobs."""
+        statement = (
+            select(Job.id, Job.task, Job.model, Job.prepared.is_not(None)).where(*conditions).order_by(Job.id).limit(limit)
+        )
         return [tuple(row) for row in session.execute(statement).all()]
 
-    def _publish(self, rows: list[tuple[str, str, str]]) -> None:
-        for job_id, task, model_id in rows:
-            self.app.send_task(task_name_for(task), args=[job_id], queue=queue_for(model_id))
+    @staticmethod
+    def _route(row: tuple[str, str, str, bool]) -> tuple[str, str]:
+        _, task, model_id, prepared = row
+        return route_for(task, model_id, prepared=prepared)
+
+    def _publish(self, rows: list[tuple[str, str, str, bool]]) -> None:
+        for row in rows:
+            task_name, queue = self._route(row)
+            self.app.send_task(task_name, args=[row[0]], queue=queue)
 
     def _queue_length(self, queue: str) -> int:
         try:

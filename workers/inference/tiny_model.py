@@ -15,13 +15,20 @@ import argparse
 import json
 from pathlib import Path
 
-from workers.inference.fixtures.original import SEED_ARCHITECTURES, build_original_checkpoint
+from workers.inference.fixtures.original import (
+    SEED_ARCHITECTURES,
+    build_original_checkpoint,
+)
 from workers.inference.fixtures.tokenizers import build_tokenizer
 
 
 def build_tiny_model(directory: Path, *, template: str = "internvl2_5", seed: int = 0) -> Path:
     import torch
-    from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration
+    from transformers import (
+        AutoTokenizer,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+    )
 
     directory.mkdir(parents=True, exist_ok=True)
     build_tokenizer(directory)

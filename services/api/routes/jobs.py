@@ -20,9 +20,16 @@ from services.api.deps import (
     WaiterDep,
     WaitSecondsDep,
 )
-from services.api.jobs import get_job, job_public, list_jobs, read_job_public, results_for
+from services.api.jobs import (
+    get_job,
+    job_public,
+    list_jobs,
+    read_job_public,
+    results_for,
+)
 from services.api.lifecycle import cancel_tenant_job, delete_tenant_job
-from services.api.planning import plan_job
+from services.api.multipart import discard_new_media
+from services.api.planning import plan_job, sample_plan_frames
 from services.api.schemas import ErrorPublic, JobPublic, JobsPublic, PlanPublic
 from shared.jobs import JobStatus, JobTask
 
@@ -96,10 +103,17 @@ async def create_job(
 async def plan(
     request: Request, tenant: TenantDep, settings: SettingsDep, store: StorageDep, catalog: CatalogDep
 ) -> PlanPublic:
-    reader = JobBodyReader(settings=settings, store=store, tenant_id=tenant, keep_files=False)
+    # Files are stored (a video must be probed from storage) and removed again below.
+    reader = JobBodyReader(settings=settings, store=store, tenant_id=tenant, keep_files=True)
     spec, media = await reader.read_resolved(request)
-    model_id = catalog.resolve(spec.model)
-    return plan_job(spec, media, model_id=model_id, checkpoint=catalog.checkpoint(model_id))
+    try:
+        model_id = catalog.resolve(spec.model)
+        frames = None
+        if spec.task.is_video:
+            frames = await sample_plan_frames(store, media[0].object_key, spec.options.model_dump(), settings=settings)
+        return plan_job(spec, media, model_id=model_id, checkpoint=catalog.checkpoint(model_id), frames=frames)
+    finally:
+        await run_in_threadpool(discard_new_media, store, media)
 
 
 @router.get("/{job_id}", response_model=JobPublic)

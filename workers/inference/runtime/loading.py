@@ -17,9 +17,17 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from workers.inference.runtime.checkpoint import ORIGINAL_FORMAT, CheckpointError, CheckpointInfo
+from workers.inference.runtime.checkpoint import (
+    ORIGINAL_FORMAT,
+    CheckpointError,
+    CheckpointInfo,
+)
 from workers.inference.runtime.device_map import ModelDoesNotFit, plan_device_map
-from workers.inference.runtime.original_checkpoint import OriginalCheckpointError, native_config, plan_weights
+from workers.inference.runtime.original_checkpoint import (
+    OriginalCheckpointError,
+    native_config,
+    plan_weights,
+)
 from workers.inference.runtime.prompts import IMAGE_CONTEXT
 from workers.inference.runtime.weights import PlannedStateDict
 
@@ -81,7 +89,9 @@ def _load_internlm2_tokenizer(path, tokenizer_class: str):
     if (path / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(path)
     if (path / "tokenizer.model").is_file():
-        from workers.inference.runtime.sentencepiece_tokenizer import InternLM2SentencePieceTokenizer
+        from workers.inference.runtime.sentencepiece_tokenizer import (
+            InternLM2SentencePieceTokenizer,
+        )
 
         return InternLM2SentencePieceTokenizer.from_pretrained(path)
     raise CheckpointError(

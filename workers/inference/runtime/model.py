@@ -12,15 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from workers.inference.runtime.checkpoint import CheckpointInfo, read_checkpoint
 from workers.inference.runtime.grounding import parse_boxes
 from workers.inference.runtime.loading import LoadOptions, load_model, load_tokenizer
-from workers.inference.runtime.prompts import build_prompt, expand_image_placeholders, question_for
+from workers.inference.runtime.prompts import (
+    build_prompt,
+    expand_image_placeholders,
+    question_for,
+)
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
-from workers.inference.runtime.tiling import image_to_pixel_values, tiles_per_image
-
+from workers.inference.runtime.tiling import (
+    image_to_pixel_values,
+    normalize_tile,
+    tiles_per_image,
+)
 
 OOM_RETRIES = 3
 log = logging.getLogger("vlmq.worker")
@@ -73,6 +81,8 @@ class InternVLRuntime:
 
     def prepare(self, request: GenerationRequest) -> _Prepared:
         started = time.perf_counter()
+        if request.frames:
+            return self._prepare_video(request, started)
         n_images = len(request.images)
         cap = tiles_per_image(n_images, request.max_tiles, request.max_tiles_total)
         pixel_arrays = [image_to_pixel_values(image, cap) for image in request.images]
@@ -89,6 +99,18 @@ class InternVLRuntime:
         text = expand_image_placeholders(prompt, [sum(tiles)] if combined else tiles)
         pixel_values = np.concatenate(pixel_arrays) if pixel_arrays else None
         return _Prepared(request, text, pixel_values, sum(tiles), (time.perf_counter() - started) * 1000)
+
+    def _prepare_video(self, request: GenerationRequest, started: float) -> _Prepared:
+        """One tile per frame (the frames arrive as 448×448 tiles), ``Frame{i}: <image>`` per frame."""
+        pixel_values = np.stack([normalize_tile(Image.fromarray(frame)) for frame in request.frames])
+        prompt = build_prompt(
+            self.template,
+            question=question_for(request.task, request.prompt),
+            n_frames=len(request.frames),
+            system_message=self.checkpoint.system_message,
+        )
+        text = expand_image_placeholders(prompt, [1] * len(request.frames))
+        return _Prepared(request, text, pixel_values, len(request.frames), (time.perf_counter() - started) * 1000)
 
     def run(self, requests: list[GenerationRequest], should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
         """``should_stop`` is polled between decode steps: the jobs were canceled or lost their lease,

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workers.inference.runtime.templates import ChatTemplate
-from workers.inference.runtime.tiling import TOKENS_PER_TILE, tile_count, tile_grid_for, tiles_per_image
+from workers.inference.runtime.tiling import (
+    TOKENS_PER_TILE,
+    tile_count,
+    tile_grid_for,
+    tiles_per_image,
+)
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_START, IMAGE_END, IMAGE_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"

@@ -19,6 +19,8 @@ class GenerationRequest:
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float | None = None
+    # A video: its sampled frames, each already one 448×448 tile (RGB uint8 H×W×3), in order.
+    frames: list = field(default_factory=list)
 
     def sampling_key(self) -> tuple:
         """Requests with equal keys can share one ``generate`` call."""
