@@ -2,10 +2,11 @@
 cannot read the file.
 
 Frames are read by keyframe interval: the wanted indices are grouped by the keyframe that starts
-their group of pictures, and groups are decoded in parallel, each by its own reader that seeks to
-its keyframe and decodes forward. The cards read one ``vr[i]`` at a time on one thread; on long
-keyframe intervals that decodes the whole video on one core. Each frame goes through ``transform``
-(e.g. the resize to a 448 tile) inside its thread, so full-size frames never pile up in memory.
+their group of pictures, the groups are split into one contiguous run per thread (balanced by the
+frames each must decode), and each thread reads its run in order with one reader of its own, which
+seeks to a group's keyframe and decodes forward. The cards read one ``vr[i]`` at a time on one
+thread; on long keyframe intervals that decodes the whole video on one core. Each frame goes through
+``transform`` (e.g. the resize to a 448 tile) inside its thread, so full-size frames never pile up.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from typing import Any, Literal
 import numpy as np
 
 log = logging.getLogger("vlmq.video")
-
-# decord's get_batch returns every frame of a call at once: keep a call to this many frames.
-BATCH_FRAMES = 8
 
 
 class VideoRejected(Exception):
@@ -62,9 +60,9 @@ Transform = Callable[[np.ndarray], Any]
 
 def probe(path: Path, limits: VideoLimits = VideoLimits()) -> VideoInfo:
     """What the video is, checked against ``limits``; VideoRejected when it cannot be sampled."""
-    _require_video_stream(path)
+    width, height = _video_stream_size(path)
     try:
-        info = _probe_decord(path)
+        info = _probe_decord(path, width, height)
     except Exception as error:  # decord raises its own DECORDError, RuntimeError, or worse
         log.info("decord cannot read %s (%s); trying PyAV", path.name, error)
         info = _probe_pyav(path)
@@ -84,6 +82,7 @@ def read_frames(
         raise VideoRejected("invalid_input", f"frame {wanted[-1]} is outside the video's {info.n_frames} frames")
     groups = _groups_by_keyframe(wanted, info.key_indices)
     workers = max(1, min(len(groups), max_workers or os.cpu_count() or 1))
+    groups = _runs(groups, info.key_indices, workers)
     try:
         parts = _read_groups(path, info, groups, transform, workers, info.decoder)
     except VideoRejected:
@@ -111,7 +110,8 @@ def _read_groups(path: Path, info: VideoInfo, groups: list[list[int]], transform
         return list(pool.map(lambda group: read_group(path, info, group, transform), groups))
 
 
-def _require_video_stream(path: Path) -> None:
+def _video_stream_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the first video stream; VideoRejected when there is none."""
     import av
 
     try:
@@ -121,17 +121,18 @@ def _require_video_stream(path: Path) -> None:
             if not container.streams.video:
                 kinds = sorted({stream.type for stream in container.streams}) or ["none"]
                 raise VideoRejected("no_video_stream", f"the file has no video stream (streams: {', '.join(kinds)})")
+            context = container.streams.video[0].codec_context
+            return context.width, context.height
     except VideoRejected:
         raise
     except Exception as error:  # av.error.InvalidDataError and friends
         raise VideoRejected("invalid_media", f"the video could not be opened: {error}") from error
 
 
-def _probe_decord(path: Path) -> VideoInfo:
+def _probe_decord(path: Path, width: int, height: int) -> VideoInfo:
     import decord
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    height, width = reader[0].shape[:2] if len(reader) else (0, 0)
     return VideoInfo(
         n_frames=len(reader), fps=float(reader.get_avg_fps()), width=int(width), height=int(height),
         decoder="decord", key_indices=[int(index) for index in reader.get_key_indices()],
@@ -172,23 +173,50 @@ def _check_limits(info: VideoInfo, limits: VideoLimits) -> None:
         )
 
 
+def _keyframe_before(index: int, keys: list[int]) -> int:
+    return keys[max(0, bisect.bisect_right(keys, index) - 1)] if keys else 0
+
+
 def _groups_by_keyframe(wanted: list[int], key_indices: list[int]) -> list[list[int]]:
-    """Wanted indices (sorted) split where a keyframe lies between them, then into calls of at most
-    BATCH_FRAMES."""
-    keys = sorted(key_indices) or [0]
+    """Wanted indices (sorted) split where a keyframe lies between them."""
+    keys = sorted(key_indices)
     groups: dict[int, list[int]] = {}
     for index in wanted:
-        key = keys[max(0, bisect.bisect_right(keys, index) - 1)]
-        groups.setdefault(key, []).append(index)
-    return [group[start:start + BATCH_FRAMES] for group in groups.values() for start in range(0, len(group), BATCH_FRAMES)]
+        groups.setdefault(_keyframe_before(index, keys), []).append(index)
+    return list(groups.values())
+
+
+def _runs(groups: list[list[int]], key_indices: list[int], workers: int) -> list[list[int]]:
+    """Consecutive groups joined into ``workers`` runs of about equal decoding work (the frames from
+    each group's keyframe to its last wanted frame)."""
+    keys = sorted(key_indices)
+    costs = [group[-1] - _keyframe_before(group[0], keys) + len(group) for group in groups]
+    target = sum(costs) / workers
+    runs: list[list[int]] = [[]]
+    done = 0.0
+    for group, cost in zip(groups, costs, strict=True):
+        if runs[-1] and len(runs) < workers and done + cost / 2 > target * len(runs):
+            runs.append([])
+        runs[-1].extend(group)
+        done += cost
+    return runs
 
 
 def _read_group_decord(path: Path, info: VideoInfo, group: list[int], transform: Transform) -> list[Any]:
+    """In order, one ``reader[i]`` each: decord decodes forward from where it is when the next frame
+    is ahead in the same group of pictures, and seeks to a keyframe otherwise."""
     import decord
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    frames = reader.get_batch(group).asnumpy()
-    return [transform(frame) for frame in frames]
+    frames = []
+    for index in group:
+        frame = reader[index].asnumpy()
+        # decord mis-sizes some frame widths (e.g. 48 px) and returns padded pixels without a word:
+        # a frame of the wrong shape sends the whole read to PyAV.
+        if frame.shape != (info.height, info.width, 3):
+            raise RuntimeError(f"decord returned a {frame.shape} frame for a {info.width}×{info.height} video")
+        frames.append(transform(frame))
+    return frames
 
 
 def _read_group_pyav(path: Path, info: VideoInfo, group: list[int], transform: Transform) -> list[Any]:
