@@ -76,6 +76,7 @@ def up(settings: ApiSettings) -> str:
         )
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], check=True, env=env)
     (run_dir / "sample.png").write_bytes(sample_image())  # for the README's curl examples
+    (run_dir / "sample.mp4").write_bytes(sample_video())
     for name, command in PROCESSES.items():
         pid_file = run_dir / f"{name}.pid"
         if pid_file.exists() and _alive(int(pid_file.read_text())):
@@ -138,10 +139,37 @@ def sample_image() -> bytes:
     return buffer.getvalue()
 
 
+def sample_video() -> bytes:
+    """A generated clip: a red square crossing a pale background, 4 s at 25 fps, H.264 in MP4."""
+    import tempfile
+
+    import av
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/sample.mp4"
+        with av.open(path, "w") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+            for index in range(100):
+                frame = np.full((240, 320, 3), (235, 235, 220), np.uint8)
+                left = index * 2
+                frame[90:150, left:left + 60] = (200, 30, 30)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        with open(path, "rb") as file:
+            return file.read()
+
+
+# (request, file name): the image tasks on sample.png, a video question on sample.mp4.
 DEMO_JOBS = [
-    {"task": "caption", "options": {"max_new_tokens": 24}},
-    {"task": "vqa", "prompt": "What colour is the circle?", "options": {"max_new_tokens": 24}},
-    {"task": "grounding", "prompt": "the red square", "options": {"max_new_tokens": 24}},
+    ({"task": "caption", "options": {"max_new_tokens": 24}}, "sample.png"),
+    ({"task": "vqa", "prompt": "What colour is the circle?", "options": {"max_new_tokens": 24}}, "sample.png"),
+    ({"task": "grounding", "prompt": "the red square", "options": {"max_new_tokens": 24}}, "sample.png"),
+    ({"task": "video_qa", "prompt": "Where does the square go?", "options": {"num_frames": 4, "max_new_tokens": 24}},
+     "sample.mp4"),
 ]
 
 
@@ -150,13 +178,13 @@ def demo(settings: ApiSettings) -> int:
     failures = 0
     try:
         headers = {"Authorization": f"Bearer {key}"}
-        image = sample_image()
+        run_dir = _run_dir(settings)
         with httpx.Client(base_url=_base_url(settings), headers=headers, timeout=60) as client:
             ids = []
-            for spec in DEMO_JOBS:
+            for spec, name in DEMO_JOBS:
                 response = client.post(
                     "/v1/jobs",
-                    files={"file": ("sample.png", image, "image/png")},
+                    files={"file": (name, (run_dir / name).read_bytes(), "application/octet-stream")},
                     data={"request": json.dumps(spec)},
                 )
                 response.raise_for_status()

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from services.api.auth import KeyRing, load_key_ring
 from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
-from services.api.routes import health, jobs, models, uploads, webhooks
+from services.api.routes import health, indexes, jobs, models, uploads, webhooks
 from services.api.schemas import JobCreate
 from services.api.submitter import JobSubmitter
 from services.api.waiting import JobWaiter
@@ -56,7 +56,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.celery = create_celery(settings, name="vlmq-api")
     app.state.catalog = ModelCatalog.from_settings(settings)
     install_error_handlers(app)
-    for module in (health, jobs, uploads, models, webhooks):
+    for module in (health, jobs, uploads, models, webhooks, indexes):
         app.include_router(module.router)
     app.openapi = lambda: _openapi_with_job_create(app)
     return app
@@ -68,8 +68,9 @@ def _openapi_with_job_create(app: FastAPI) -> dict:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        job_create = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(job_create.pop("$defs", {}))
-        components["JobCreate"] = job_create
+        for model in (JobCreate, *indexes.INDEX_SCHEMAS):
+            document = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(document.pop("$defs", {}))
+            components[model.__name__] = document
         app.openapi_schema = schema
     return app.openapi_schema

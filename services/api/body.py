@@ -25,6 +25,16 @@ from shared.storage import ObjectNotFound, ObjectStore
 MAX_JSON_BODY = 1024 * 1024
 
 
+async def read_capped_body(request: Request, limit: int, message: str) -> bytes:
+    """The whole body, refused with 400 as soon as it passes ``limit`` bytes (``{limit}`` in ``message``)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ValidationFailed(message.format(limit=limit))
+    return bytes(body)
+
+
 def _validation_details(error: ValidationError) -> ValidationFailed:
     problems = [
         {"loc": [str(part) for part in item["loc"]], "message": item["msg"]} for item in error.errors()
@@ -95,13 +105,9 @@ class JobBodyReader:
         return JobBody(spec, media=media)
 
     async def _read_json(self, request: Request) -> JobBody:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_JSON_BODY:
-                raise ValidationFailed(f"JSON bodies are limited to {MAX_JSON_BODY} bytes; upload media instead")
+        body = await read_capped_body(request, MAX_JSON_BODY, "JSON bodies are limited to {limit} bytes; upload media instead")
         try:
-            create = JobCreate.model_validate_json(bytes(body) or b"{}")
+            create = JobCreate.model_validate_json(body or b"{}")
         except ValidationError as error:
             raise _validation_details(error) from error
         refs = create.input.refs() if create.input else []

@@ -239,3 +239,99 @@ class ModelPublic(BaseModel):
 
 class ModelsPublic(BaseModel):
     data: list[ModelPublic]
+
+
+MAX_INDEX_VIDEOS = 10_000
+
+
+class IndexWebhookSpec(BaseModel):
+    url: HttpUrl
+    events: list[str] = Field(default_factory=lambda: ["video_index.completed"])
+
+
+class IndexVideoRef(InputRef):
+    """One video of an index: exactly one of ``url``, ``object_key``, ``upload_id``."""
+
+    external_id: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+class VideoIndexSpec(RequestBody):
+    """The fields of ``POST /v1/video-indexes`` other than the videos (the multipart ``request`` part)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=255)
+    segment_s: float = Field(default=10.0, ge=1.0, le=600.0)
+    frames_per_segment: int = Field(default=4, ge=1, le=16)
+    prompt: str | None = Field(default=None, max_length=4000)
+    model: str | None = None
+    max_new_tokens: int = Field(default=128, ge=1, le=1024)
+    webhook: IndexWebhookSpec | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return JobSpec._small_metadata(value)
+
+
+class VideoIndexCreate(VideoIndexSpec):
+    videos: list[IndexVideoRef] = Field(min_length=1, max_length=MAX_INDEX_VIDEOS)
+
+
+class IndexCountsPublic(BaseModel):
+    videos_total: int
+    videos_done: int
+    videos_failed: int
+    segments_done: int
+
+
+class VideoIndexPublic(BaseModel):
+    id: str
+    name: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    model: str
+    prompt: str | None
+    segment_s: float
+    frames_per_segment: int
+    metadata: dict[str, Any]
+    counts: IndexCountsPublic
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class IndexVideoPublic(BaseModel):
+    external_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    input: dict[str, Any]
+    error: JobError | None
+    duration_s: float | None
+    segments_total: int | None
+    segments_done: int
+
+
+class IndexVideosPublic(BaseModel):
+    data: list[IndexVideoPublic]
+    next_cursor: str | None
+
+
+class SegmentPublic(BaseModel):
+    external_id: str
+    start_s: float
+    end_s: float
+    text: str | None
+    thumbnail_url: str | None
+
+
+class SegmentsPublic(BaseModel):
+    data: list[SegmentPublic]
+    next_cursor: str | None
+
+
+class ScoredSegmentPublic(SegmentPublic):
+    score: float
+
+
+class SearchPublic(BaseModel):
+    data: list[ScoredSegmentPublic]

@@ -171,6 +171,8 @@ class FramesSettings(CommonSettings):
     """The frames worker: decodes and samples video frames on CPUs, ahead of the GPU worker."""
 
     decode_threads: int = Field(default=0, ge=0, description="Decoder threads per video; 0: one per CPU.")
+    index_batch_segments: int = Field(default=8, ge=1, le=64, description="Index segments captioned per task.")
+    index_lease_s: float = Field(default=120.0, gt=0, description="How long a video being cut may go unheard of.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
 

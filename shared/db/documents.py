@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.db.models import Job
+from shared.db.models import Job, VideoIndex
 
 
 def job_fields(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
@@ -26,4 +26,27 @@ def job_fields(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+    }
+
+
+def index_document(index: VideoIndex) -> dict[str, Any]:
+    """API.md's index object (timestamps as datetimes; callers serialise them)."""
+    return {
+        "id": index.id,
+        "name": index.name,
+        "status": index.status,
+        "model": index.model,
+        "prompt": index.prompt,
+        "segment_s": index.segment_s,
+        "frames_per_segment": index.frames_per_segment,
+        "metadata": index.metadata_,
+        "counts": {
+            "videos_total": index.videos_total,
+            "videos_done": index.videos_done,
+            "videos_failed": index.videos_failed,
+            "segments_done": index.segments_done,
+        },
+        "created_at": index.created_at,
+        "started_at": index.started_at,
+        "finished_at": index.finished_at,
     }

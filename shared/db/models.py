@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import text as sql_text
 from sqlalchemy.types import TypeDecorator
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -192,3 +193,90 @@ class DeliveryAttempt(Base):
     duration_ms: Mapped[float] = mapped_column(Float)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class VideoIndex(Base):
+    """A bulk video index: many videos cut into fixed-length segments, one caption each."""
+
+    __tablename__ = "video_indexes"
+    __table_args__ = (Index("ix_video_indexes_tenant_id_id", "tenant_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(128))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    segment_s: Mapped[float] = mapped_column(Float)
+    frames_per_segment: Mapped[int] = mapped_column(Integer)
+    max_new_tokens: Mapped[int] = mapped_column(Integer)
+    webhook: Mapped[dict[str, Any] | None]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
+    # Progress, moved only by compare-and-set writes (shared.indexes.progress).
+    videos_total: Mapped[int] = mapped_column(Integer)
+    videos_done: Mapped[int] = mapped_column(Integer, default=0)
+    videos_failed: Mapped[int] = mapped_column(Integer, default=0)
+    segments_done: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class IndexVideo(Base):
+    """One video of an index: where it is, how far it got, why it failed."""
+
+    __tablename__ = "index_videos"
+    __table_args__ = (
+        Index("ix_index_videos_index_id_position", "index_id", "position"),
+        Index("ix_index_videos_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    index_id: Mapped[str] = mapped_column(ForeignKey("video_indexes.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)
+    external_id: Mapped[str] = mapped_column(String(512))
+    source: Mapped[dict[str, Any]]  # the video as given: {"url"} | {"object_key"} | {"upload_id"}
+    object_key: Mapped[str | None] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | failed | canceled
+    error: Mapped[dict[str, Any] | None]
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    segments_total: Mapped[int | None] = mapped_column(Integer)
+    segments_done: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The frames worker's lease while it cuts the video; the reaper requeues a lapsed one.
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+# What PostgreSQL's full-text index covers; searches must use this very expression to use it.
+SEGMENT_TSVECTOR = "to_tsvector('english', coalesce(text, ''))"
+
+
+class IndexSegment(Base):
+    """A stretch of one video and its caption. Full-text search: a GIN index over the text's
+    tsvector on PostgreSQL, an FTS5 table kept by triggers on SQLite (migration 0005)."""
+
+    __tablename__ = "index_segments"
+    __table_args__ = (
+        Index("ux_index_segments_video_id_seq", "video_id", "seq", unique=True),
+        Index("ix_index_segments_index_id_position_seq", "index_id", "position", "seq"),
+        Index("ix_index_segments_text_fts", sql_text(SEGMENT_TSVECTOR), postgresql_using="gin").ddl_if(
+            dialect="postgresql"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    index_id: Mapped[str] = mapped_column(ForeignKey("video_indexes.id", ondelete="CASCADE"))
+    video_id: Mapped[str] = mapped_column(ForeignKey("index_videos.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # the video's place in the index, for time order
+    external_id: Mapped[str] = mapped_column(String(512))
+    seq: Mapped[int] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer)
+    start_s: Mapped[float] = mapped_column(Float)
+    end_s: Mapped[float] = mapped_column(Float)
+    frames: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    text: Mapped[str | None] = mapped_column(Text)
+    thumbnail_key: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,7 +3,9 @@
 from shared.queue.app import create_celery, resolve_broker_url
 from shared.queue.names import (
     DELIVER_TASK,
+    CAPTION_SEGMENTS_TASK,
     FRAMES_QUEUE,
+    INDEX_VIDEO_TASK,
     INFERENCE_QUEUE,
     NOTIFY_QUEUE,
     PREPARE_FRAMES_TASK,
@@ -14,7 +16,9 @@ from shared.queue.names import (
 
 __all__ = [
     "DELIVER_TASK",
+    "CAPTION_SEGMENTS_TASK",
     "FRAMES_QUEUE",
+    "INDEX_VIDEO_TASK",
     "INFERENCE_QUEUE",
     "NOTIFY_QUEUE",
     "PREPARE_FRAMES_TASK",

@@ -14,6 +14,10 @@ DELIVER_TASK = "vlmq.notify.deliver"
 # so the GPU worker never waits on a decoder, then hands the job on to its model's queue.
 FRAMES_QUEUE = "vlmq.frames"
 PREPARE_FRAMES_TASK = "vlmq.frames.prepare"
+# Video indexes: the frames worker cuts each video into segments (stored as batches of tiles), and
+# inference workers caption one batch per task on the index model's queue.
+INDEX_VIDEO_TASK = "vlmq.frames.index_video"
+CAPTION_SEGMENTS_TASK = "vlmq.inference.caption_segments"
 
 
 def route_for(task: JobTask | str, model_id: str, *, prepared: bool) -> tuple[str, str]:

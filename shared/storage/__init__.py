@@ -2,7 +2,16 @@
 
 from shared.storage.base import ObjectNotFound, ObjectStore, ObjectWriter, StorageError
 from shared.storage.factory import open_store
-from shared.storage.keys import frames_key, media_key, staging_key, tenant_prefix, upload_key
+from shared.storage.keys import (
+    frames_key,
+    index_prefix,
+    media_key,
+    segment_batch_key,
+    staging_key,
+    tenant_prefix,
+    thumbnail_key,
+    upload_key,
+)
 
 __all__ = [
     "ObjectNotFound",
@@ -10,9 +19,12 @@ __all__ = [
     "ObjectWriter",
     "StorageError",
     "frames_key",
+    "index_prefix",
     "media_key",
     "open_store",
+    "segment_batch_key",
     "staging_key",
     "tenant_prefix",
+    "thumbnail_key",
     "upload_key",
 ]

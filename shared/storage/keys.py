@@ -24,5 +24,18 @@ def frames_key(tenant_id: str, job_id: str) -> str:
     return f"{tenant_prefix(tenant_id)}frames/{job_id}.npy"
 
 
+def index_prefix(tenant_id: str, index_id: str) -> str:
+    return f"{tenant_prefix(tenant_id)}indexes/{index_id}/"
+
+
+def segment_batch_key(tenant_id: str, index_id: str, video_id: str, batch: int) -> str:
+    """One batch of an indexed video's segments, as one array of 448×448 tiles (until captioned)."""
+    return f"{index_prefix(tenant_id, index_id)}{video_id}/batch-{batch:05d}.npy"
+
+
+def thumbnail_key(tenant_id: str, index_id: str, video_id: str, seq: int) -> str:
+    return f"{index_prefix(tenant_id, index_id)}{video_id}/thumb-{seq:05d}.jpg"
+
+
 def upload_key(tenant_id: str, upload_id: str) -> str:
     return f"{tenant_prefix(tenant_id)}uploads/{upload_id}"

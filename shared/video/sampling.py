@@ -67,8 +67,8 @@ def fixed_length_segments(
     *, fps: float, n_frames: int, segment_s: float, frames_per_segment: int
 ) -> list[Segment]:
     """The whole video cut into segments of ``segment_s`` seconds (the last one shorter), each
-    sampled by segment midpoints within its own bounds. A last piece shorter than one frame is
-    dropped: it has nothing to show."""
+    sampled by segment midpoints within its own bounds. A last piece shorter than one frame has
+    nothing to show of its own: it joins the segment before it."""
     if segment_s <= 0:
         raise SamplingError("invalid_input", "segment_s must be positive")
     if n_frames <= 0:
@@ -78,11 +78,11 @@ def fixed_length_segments(
     duration_s = n_frames / fps
     segments = []
     count = max(1, math.ceil(duration_s / segment_s - 1e-9))
+    if count > 1 and duration_s - (count - 1) * segment_s < 1 / fps:
+        count -= 1
     for number in range(count):
         start_s = number * segment_s
-        end_s = min(start_s + segment_s, duration_s)
-        if number and end_s - start_s < 1 / fps:
-            break
+        end_s = duration_s if number == count - 1 else start_s + segment_s
         frames = segment_midpoints(
             fps=fps, n_frames=n_frames, num_segments=frames_per_segment, start_s=start_s, end_s=end_s
         )

@@ -7,12 +7,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.db.documents import job_fields
-from shared.db.models import Delivery, Job, JobResult, WebhookEndpoint, utcnow
+from shared.db.documents import index_document, job_fields
+from shared.db.models import Delivery, Job, JobResult, VideoIndex, WebhookEndpoint, utcnow
 from shared.ids import new_id
 
 JOB_EVENT_TYPES = ("job.started", "job.succeeded", "job.failed", "job.canceled")
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")  # API.md: the terminal ones
+INDEX_EVENT_TYPES = ("video_index.completed",)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -25,6 +26,18 @@ def job_document(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
     return fields | {key: _iso(fields[key]) for key in ("created_at", "started_at", "finished_at")}
 
 
+def record_index_event(session: Session, index_id: str, event_type: str) -> Delivery | None:
+    """A pending delivery of an index event (``video_index.completed``) to the index's webhook."""
+    index = session.get(VideoIndex, index_id, populate_existing=True)
+    if index is None or not index.webhook or not index.webhook.get("url"):
+        return None
+    if event_type not in (index.webhook.get("events") or INDEX_EVENT_TYPES):
+        return None
+    document = index_document(index)
+    document |= {key: _iso(document[key]) for key in ("created_at", "started_at", "finished_at")}
+    return _add_delivery(session, index.tenant_id, None, event_type, index.webhook["url"], document)
+
+
 def record_job_event(session: Session, job_id: str, event_type: str, *, result: dict[str, Any] | None = None) -> Delivery | None:
     """A pending delivery of ``event_type`` if the job has a webhook that wants it."""
     job = session.get(Job, job_id, populate_existing=True)
@@ -32,19 +45,23 @@ def record_job_event(session: Session, job_id: str, event_type: str, *, result: 
         return None
     if event_type not in (job.webhook.get("events") or DEFAULT_EVENTS):
         return None
-    url = job.webhook["url"]
-    endpoint = session.get(WebhookEndpoint, (job.tenant_id, url))
     if result is None and job.status == "succeeded":
         stored = session.get(JobResult, job_id)
         result = stored.result if stored else None
+    return _add_delivery(session, job.tenant_id, job.id, event_type, job.webhook["url"], job_document(job, result))
+
+
+def _add_delivery(session: Session, tenant_id: str, job_id: str | None, event_type: str, url: str,
+                  data: dict[str, Any]) -> Delivery:
+    endpoint = session.get(WebhookEndpoint, (tenant_id, url))
     now = utcnow()
     delivery = Delivery(
         id=new_id("msg"),
-        tenant_id=job.tenant_id,
-        job_id=job.id,
+        tenant_id=tenant_id,
+        job_id=job_id,
         event_type=event_type,
         url=url,
-        payload={"type": event_type, "timestamp": _iso(now), "data": job_document(job, result)},
+        payload={"type": event_type, "timestamp": _iso(now), "data": data},
         attempts=0,
         created_at=now,
     )

@@ -9,8 +9,17 @@ from __future__ import annotations
 import logging
 
 from shared.config.settings import get_frames_settings
-from shared.queue import FRAMES_QUEUE, PREPARE_FRAMES_TASK, create_celery, route_for
+from shared.queue import (
+    CAPTION_SEGMENTS_TASK,
+    FRAMES_QUEUE,
+    INDEX_VIDEO_TASK,
+    PREPARE_FRAMES_TASK,
+    create_celery,
+    queue_for,
+    route_for,
+)
 from shared.storage import open_store
+from workers.frames.indexing import RetryVideoLater, index_video
 from workers.frames.prepare import RetryLater, prepare_job
 
 log = logging.getLogger("vlmq.frames")
@@ -23,13 +32,31 @@ def _hand_on(job_id: str, task: str, model_id: str) -> None:
     app.send_task(task_name, args=[job_id], queue=queue)
 
 
+def _run_with_backoff(task, item_id: str, run) -> str:
+    """``run(last_try)``; a transient failure (storage) is retried with exponential backoff, and on
+    the last try the work fails with its reason instead."""
+    last_try = task.request.retries + 1 >= settings.max_attempts
+    try:
+        return run(last_try)
+    except (RetryLater, RetryVideoLater) as reason:
+        delay = min(settings.retry_backoff_s * 2 ** task.request.retries, 300.0)
+        log.warning("%s: %s; retrying in %.0f s", item_id, reason, delay)
+        raise task.retry(countdown=delay) from None
+
+
 @app.task(name=PREPARE_FRAMES_TASK, bind=True, ignore_result=True, max_retries=None)
 def prepare(self, job_id: str) -> str:
-    last_try = self.request.retries + 1 >= settings.max_attempts
-    try:
-        return prepare_job(job_id, settings=settings, store=open_store(settings.resolved_storage_url),
-                           hand_on=_hand_on, last_try=last_try)
-    except RetryLater as reason:
-        delay = min(settings.retry_backoff_s * 2 ** self.request.retries, 300.0)
-        log.warning("job %s: %s; retrying in %.0f s", job_id, reason, delay)
-        raise self.retry(countdown=delay) from None
+    return _run_with_backoff(self, job_id, lambda last_try: prepare_job(
+        job_id, settings=settings, store=open_store(settings.resolved_storage_url), hand_on=_hand_on,
+        last_try=last_try))
+
+
+def _publish_batch(video_id: str, batch: int, model_id: str) -> None:
+    app.send_task(CAPTION_SEGMENTS_TASK, args=[video_id, batch], queue=queue_for(model_id))
+
+
+@app.task(name=INDEX_VIDEO_TASK, bind=True, ignore_result=True, max_retries=None)
+def cut_index_video(self, video_id: str) -> str:
+    return _run_with_backoff(self, video_id, lambda last_try: index_video(
+        video_id, settings=settings, store=open_store(settings.resolved_storage_url), publish_batch=_publish_batch,
+        last_try=last_try))

@@ -14,10 +14,11 @@ from celery.signals import worker_process_init, worker_ready
 
 from shared.config.settings import get_worker_settings
 from shared.jobs.states import JobTask
-from shared.queue import create_celery, queue_for, task_name_for
-from shared.storage import open_store
+from shared.queue import CAPTION_SEGMENTS_TASK, create_celery, queue_for, task_name_for
+from shared.storage import StorageError, open_store
 from workers.inference.execute import execute_job
 from workers.inference.failures import JobFailure
+from workers.inference.indexing import caption_segments
 
 log = logging.getLogger("vlmq.worker")
 settings = get_worker_settings()
@@ -82,3 +83,11 @@ def _run(job_id: str) -> str | None:
 # One Celery task per job task; every one carries only the job id.
 for _task in JobTask:
     app.task(name=task_name_for(_task), ignore_result=True)(_run)
+
+
+@app.task(name=CAPTION_SEGMENTS_TASK, ignore_result=True, autoretry_for=(StorageError,), retry_backoff=2,
+          max_retries=5)
+def caption_index_segments(video_id: str, batch: int) -> str:
+    """One batch of a video index's segments (the frames worker cut them); storage hiccups retry."""
+    return caption_segments(video_id, batch, settings=settings, store=open_store(settings.resolved_storage_url),
+                            run_batch=_run_batch)

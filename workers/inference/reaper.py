@@ -21,9 +21,10 @@ from sqlalchemy import select
 
 from shared.config.settings import WorkerSettings
 from shared.db.engine import session_scope
-from shared.db.models import Job, utcnow
+from shared.db.models import IndexVideo, Job, utcnow
 from shared.jobs import JobStatus, mark_enqueued, requeue_expired_leases
-from shared.queue import route_for
+from shared.indexes.progress import requeue_lapsed_videos
+from shared.queue import FRAMES_QUEUE, INDEX_VIDEO_TASK, route_for
 
 log = logging.getLogger("vlmq.reaper")
 
@@ -71,10 +72,28 @@ class Reaper:
                 with session_scope(self.database_url) as session:
                     mark_enqueued(session, [row[0] for row in lost])
                 republished += len(lost)
+        republished += self._index_videos()
         if expired or republished:
             log.info("reaper: %d jobs requeued after a lapsed lease, %d lost messages re-published",
                      len(expired), republished)
         return len(expired), republished
+
+    def _index_videos(self) -> int:
+        """Index videos whose frames worker died (lease lapsed) are queued again, and queued ones
+        whose message was lost (old, frames queue empty) are published again."""
+        with session_scope(self.database_url) as session:
+            lapsed = requeue_lapsed_videos(session)
+        cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after_s)
+        stale: list[str] = []
+        if self._queue_length(FRAMES_QUEUE) == 0:
+            with session_scope(self.database_url) as session:
+                stale = list(session.scalars(
+                    select(IndexVideo.id).where(IndexVideo.status == "queued", IndexVideo.created_at < cutoff)
+                    .order_by(IndexVideo.id).limit(1000)
+                ))
+        for video_id in dict.fromkeys(lapsed + stale):
+            self.app.send_task(INDEX_VIDEO_TASK, args=[video_id], queue=FRAMES_QUEUE)
+        return len(set(lapsed + stale))
 
     @staticmethod
     def _rows(session, *conditions, limit: int = 1000) -> list[tuple[str, str, str, bool]]:

@@ -1,0 +1,1 @@
+"""Bulk video indexes: progress (the only writer of index and index-video status), search, export."""
