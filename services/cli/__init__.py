@@ -1,0 +1,1 @@
+"""``vlmq``: the command-line client (typer + rich) over the public API."""
