@@ -6,7 +6,7 @@ from alembic import context
 
 from shared.config.settings import CommonSettings
 from shared.db.engine import get_engine
-from shared.db.models import Base
+from shared.db.models import Base, is_mapped_schema_object
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -16,7 +16,8 @@ url = config.get_main_option("sqlalchemy.url") or CommonSettings().resolved_data
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True, render_as_batch=True)
+    context.configure(url=url, target_metadata=Base.metadata, literal_binds=True, render_as_batch=True,
+                      include_object=is_mapped_schema_object)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -24,7 +25,8 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     with get_engine(url).connect() as connection:
         # Batch mode lets later ALTERs work on SQLite too.
-        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                          include_object=is_mapped_schema_object)
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()

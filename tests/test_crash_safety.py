@@ -49,6 +49,7 @@ def crash_stack(stack_env, tmp_path_factory):
         "VLMQ_HEARTBEAT_S": "1",
         "VLMQ_REAPER_INTERVAL_S": "1",
         "VLMQ_REQUEUE_AFTER_S": "3",
+        "VLMQ_INDEX_LEASE_S": "4",
     }
     stack = Stack.start(env, data_dir)
     stack.add_worker("worker-b")
@@ -118,6 +119,36 @@ def test_a_broker_restarted_without_persistence_loses_no_queued_job(crash_stack,
     assert all(_result_rows(crash_stack.database_url, job_id) == 1 for job_id in ids)
     # and it was the reaper that brought the lost ones back
     assert _republished(crash_stack) > 0
+
+
+def test_a_video_index_completes_after_the_broker_forgot_its_messages(crash_stack, client, tmp_path):
+    # given an index of six videos, served over HTTP
+    from tests.support.media_server import MediaServer, Reply
+    from tests.support.videos import make_video
+
+    server = MediaServer()
+    videos = [{"url": server.serve(f"/{n}.mp4", Reply(body=make_video(tmp_path / f"{n}.mp4", seconds=4 + n).read_bytes())),
+               "external_id": f"v{n}"} for n in range(6)]
+    created = client.post("/v1/video-indexes", json={"videos": videos, "segment_s": 2, "frames_per_segment": 1,
+                                                     "max_new_tokens": 2})
+    index_id = created.json()["id"]
+
+    # when Redis restarts and forgets the cut and caption tasks it held, once some are under way
+    wait_until(lambda: client.get(f"/v1/video-indexes/{index_id}").json()["status"] == "running", timeout_s=30,
+               what="the index to start")
+    crash_stack.redis.restart()
+
+    # then the reaper publishes them again and every video is captioned once
+    deadline = time.monotonic() + 180
+    while (index := client.get(f"/v1/video-indexes/{index_id}").json())["status"] == "running":
+        assert time.monotonic() < deadline, index
+        time.sleep(0.5)
+    server.close()
+    assert index["status"] == "succeeded" and index["counts"]["videos_done"] == 6, index
+    expected = sum(-(-(4 + n) // 2) for n in range(6))
+    assert index["counts"]["segments_done"] == expected
+    segments = client.get(f"/v1/video-indexes/{index_id}/segments", params={"limit": 200}).json()["data"]
+    assert len(segments) == expected and all(segment["text"] is not None for segment in segments)
 
 
 def _republished(stack: Stack) -> int:

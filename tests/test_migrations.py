@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine, inspect
 
-from shared.db.models import Base
+from shared.db.models import Base, is_mapped_schema_object
 from tests.support.services import create_database, drop_database, migrate
 
 
@@ -41,7 +41,8 @@ def test_the_models_match_the_migrations(database_url):
 
     engine = create_engine(database_url)
     with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        context = MigrationContext.configure(connection, opts={"include_object": is_mapped_schema_object})
+        differences = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert differences == []
 

@@ -213,3 +213,19 @@ class TestBadVideos:
 
 def test_frame_rates_are_exact_fractions_when_the_container_says_so(videos):
     assert Fraction(probe(videos["ntsc-7s-landscape"]).fps).limit_denominator(1001) == NTSC
+
+
+@pytest.mark.parametrize("gop", [12, 250])
+def test_the_pyav_reader_skipping_non_reference_frames_returns_decords_exact_pixels(tmp_path, gop):
+    # given a video with B-frames (most real H.264 has them), long and short keyframe intervals
+    path = make_video(tmp_path / "b.mp4", seconds=12, fps=25, width=96, height=64, gop=gop, preset="veryfast")
+    info = probe(path)
+    indices = [frame.index for frame in segment_midpoints(fps=info.fps, n_frames=info.n_frames, num_segments=16)]
+
+    # when the same frames are read by decord and by PyAV skipping what no kept frame needs
+    by_decord = read_frames(path, info, indices, reader="decord")
+    by_pyav = read_frames(path, info, indices, reader="pyav", max_workers=2)
+
+    # then every pixel is the same
+    assert all(np.array_equal(a, b) for a, b in zip(by_decord, by_pyav, strict=True))
+    assert all(shows_frame(frame, index) for frame, index in zip(by_pyav, indices, strict=True))

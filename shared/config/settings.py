@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -171,6 +172,10 @@ class FramesSettings(CommonSettings):
     """The frames worker: decodes and samples video frames on CPUs, ahead of the GPU worker."""
 
     decode_threads: int = Field(default=0, ge=0, description="Decoder threads per video; 0: one per CPU.")
+    frame_reader: Literal["decord", "pyav"] = Field(
+        default="decord",
+        description="decord (the cards' decoder) or pyav: the same pixels, non-reference frames skipped (faster).",
+    )
     index_batch_segments: int = Field(default=8, ge=1, le=64, description="Index segments captioned per task.")
     index_lease_s: float = Field(default=120.0, gt=0, description="How long a video being cut may go unheard of.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.sql import text as sql_text
 from sqlalchemy.types import TypeDecorator
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -250,8 +249,15 @@ class IndexVideo(Base):
     finished_at: Mapped[datetime | None]
 
 
-# What PostgreSQL's full-text index covers; searches must use this very expression to use it.
-SEGMENT_TSVECTOR = "to_tsvector('english', coalesce(text, ''))"
+# PostgreSQL only (migration 0006): index_segments.text_search, a stored tsvector of the text, and
+# its GIN index. Ranking reads the stored vector instead of parsing every matching text again. Not
+# mapped here (SQLite has no such column; it searches an FTS5 table), so schema comparisons skip them.
+POSTGRESQL_SEARCH_OBJECTS = frozenset({"text_search", "ix_index_segments_text_search"})
+
+
+def is_mapped_schema_object(_object, name, _type, _reflected, _compare_to) -> bool:
+    """Alembic's include_object: False for the PostgreSQL-only search column and index."""
+    return name not in POSTGRESQL_SEARCH_OBJECTS
 
 
 class IndexSegment(Base):
@@ -262,9 +268,6 @@ class IndexSegment(Base):
     __table_args__ = (
         Index("ux_index_segments_video_id_seq", "video_id", "seq", unique=True),
         Index("ix_index_segments_index_id_position_seq", "index_id", "position", "seq"),
-        Index("ix_index_segments_text_fts", sql_text(SEGMENT_TSVECTOR), postgresql_using="gin").ddl_if(
-            dialect="postgresql"
-        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)

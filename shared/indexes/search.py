@@ -1,5 +1,5 @@
 """Full-text search over an index's segment texts: PostgreSQL's text search (a GIN index over the
-texts' tsvector, ranked by ts_rank_cd) or SQLite's FTS5 (ranked by bm25). Every word of the query
+texts' stored tsvector, ranked by ts_rank) or SQLite's FTS5 (ranked by bm25). Every word of the query
 must match (both engines stem English words); a higher ``score`` is a better match."""
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ import re
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.db.models import SEGMENT_TSVECTOR
-
+# text_search is the stored tsvector of the text (migration 0006), under a GIN index.
 _POSTGRESQL = text(
     "SELECT s.id, s.external_id, s.start_s, s.end_s, s.text, s.thumbnail_key,"
-    f" ts_rank_cd({SEGMENT_TSVECTOR.replace('text', 's.text')}, query) AS score"
+    " ts_rank(s.text_search, query) AS score"
     " FROM index_segments AS s, plainto_tsquery('english', :q) AS query"
-    f" WHERE s.index_id = :index_id AND {SEGMENT_TSVECTOR.replace('text', 's.text')} @@ query"
+    " WHERE s.index_id = :index_id AND s.text_search @@ query"
     " ORDER BY score DESC, s.id LIMIT :limit"
 )
 _SQLITE = text(

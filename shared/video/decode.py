@@ -12,6 +12,7 @@ thread; on long keyframe intervals that decodes the whole video on one core. Eac
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import math
 import os
@@ -72,9 +73,12 @@ def probe(path: Path, limits: VideoLimits = VideoLimits()) -> VideoInfo:
 
 def read_frames(
     path: Path, info: VideoInfo, indices: Sequence[int], *, transform: Transform = lambda frame: frame,
-    max_workers: int | None = None,
+    max_workers: int | None = None, reader: Literal["decord", "pyav"] | None = None,
 ) -> list[Any]:
-    """``transform(frame)`` of each wanted frame (RGB uint8, H×W×3), in the order of ``indices``."""
+    """``transform(frame)`` of each wanted frame (RGB uint8, H×W×3), in the order of ``indices``.
+
+    ``reader``: decord (the default for a file decord opened) or PyAV with non-reference frames
+    skipped (the same pixels, fewer frames decoded; ``VLMQ_FRAME_READER``)."""
     wanted = sorted(set(indices))
     if not wanted:
         return []
@@ -83,12 +87,13 @@ def read_frames(
     groups = _groups_by_keyframe(wanted, info.key_indices)
     workers = max(1, min(len(groups), max_workers or os.cpu_count() or 1))
     groups = _runs(groups, info.key_indices, workers)
+    first = "pyav" if info.decoder == "pyav" else (reader or "decord")
     try:
-        parts = _read_groups(path, info, groups, transform, workers, info.decoder)
+        parts = _read_groups(path, info, groups, transform, workers, first)
     except VideoRejected:
         raise
     except Exception as error:
-        if info.decoder != "decord":
+        if first != "decord":
             raise VideoRejected("invalid_media", f"the video could not be decoded: {type(error).__name__}: {error}") from error
         # decord fails on some files it opens (frame sizes it mis-aligns, damaged tails): PyAV next.
         log.info("decord could not read frames of %s (%s); reading them with PyAV", path.name, error)
@@ -219,26 +224,45 @@ def _read_group_decord(path: Path, info: VideoInfo, group: list[int], transform:
     return frames
 
 
-def _read_group_pyav(path: Path, info: VideoInfo, group: list[int], transform: Transform) -> list[Any]:
-    """Decode from the start of the file's packet order to each wanted frame (by presentation order)."""
+@functools.lru_cache(maxsize=16)
+def _presentation_order(path: str, _mtime_ns: int, _size: int) -> tuple[int, ...]:
+    """Every frame's presentation timestamp in display order, from the packets (nothing decoded):
+    frame ``i`` of the video is the one with the ``i``-th smallest timestamp."""
     import av
 
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return tuple(sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None and packet.size))
+
+
+def _read_group_pyav(path: Path, info: VideoInfo, run: list[int], transform: Transform) -> list[Any]:
+    """Per keyframe group: seek to its keyframe and decode forward to its last wanted frame, telling
+    the decoder to skip every non-reference frame that is not wanted. Nothing depends on a
+    non-reference frame, so the frames kept are the very pixels a full decode gives (the cards'
+    decord decodes through the same FFmpeg and converts to RGB the same way); only fewer frames are
+    decoded on the way, which matters most on long keyframe intervals with B-frames."""
+    import av
+
+    stat = path.stat()
+    order = _presentation_order(str(path), stat.st_mtime_ns, stat.st_size)
+    keys = sorted(info.key_indices)
     out: dict[int, Any] = {}
-    wanted = set(group)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        pts_order = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None and packet.size)
-        container.seek(pts_order[group[0]], stream=stream, backward=True)
-        rank_of = {pts: rank for rank, pts in enumerate(pts_order)}
-        for frame in container.decode(stream):
-            rank = rank_of.get(frame.pts)
-            if rank in wanted:
-                out[rank] = transform(frame.to_ndarray(format="rgb24"))
-                if len(out) == len(wanted):
+        context = stream.codec_context
+        for group in _groups_by_keyframe(run, keys):
+            wanted = {order[index]: index for index in group}
+            container.seek(order[_keyframe_before(group[0], keys)], stream=stream, backward=True)
+            for packet in container.demux(stream):
+                context.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                for frame in context.decode(packet):  # an empty packet at the end drains the decoder
+                    index = wanted.get(frame.pts)
+                    if index is not None and index not in out:
+                        out[index] = transform(frame.to_ndarray(format="rgb24"))
+                if all(index in out for index in group):
                     break
-            elif rank is not None and rank > group[-1]:
-                break
-    missing = wanted - out.keys()
+            context.skip_frame = "DEFAULT"
+    missing = set(run) - out.keys()
     if missing:
         raise VideoRejected("invalid_media", f"frames {sorted(missing)[:5]} could not be decoded")
-    return [out[index] for index in group]
+    return [out[index] for index in run]

@@ -26,6 +26,7 @@ def _frame(index: int, width: int, height: int) -> av.VideoFrame:
 def make_video(
     path: Path, *, seconds: float, fps: Fraction | int = 25, width: int = 64, height: int = 48, gop: int = 12,
     frame_times: list[float] | None = None, codec: str = "libx264", faststart: bool = False,
+    preset: str = "ultrafast",
 ) -> Path:
     """A video of ``seconds`` at ``fps``; ``frame_times`` (seconds) instead gives each frame's own
     time, for a variable frame rate."""
@@ -36,7 +37,8 @@ def make_video(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"preset": "ultrafast", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+            # ultrafast: no B-frames; veryfast and slower: B-frames, as most real H.264 has
+            stream.options = {"preset": preset, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
         times = frame_times if frame_times is not None else [i / fps for i in range(round(seconds * fps))]
         if frame_times is not None:
             stream.codec_context.time_base = Fraction(1, 1000)

@@ -81,7 +81,8 @@ def download(store: ObjectStore, key: str, folder: Path) -> Path:
 
 
 def extract_frames(
-    store: ObjectStore, object_key: str, options: dict, *, settings: CommonSettings, decode_threads: int = 0
+    store: ObjectStore, object_key: str, options: dict, *, settings: CommonSettings, decode_threads: int = 0,
+    reader: str = "decord",
 ) -> ExtractedFrames:
     """Sample ``options["num_frames"]`` frames between ``start_s`` and ``end_s`` of the stored video."""
     folder = Path(tempfile.mkdtemp(prefix="vlmq-video-"))
@@ -95,7 +96,7 @@ def extract_frames(
                 start_s=options.get("start_s"), end_s=options.get("end_s"),
             )
             tiles = read_frames(path, info, [frame.index for frame in frames], transform=frame_tile,
-                                max_workers=decode_threads or None)
+                                max_workers=decode_threads or None, reader=reader)
         except (VideoRejected, SamplingError) as rejected:
             raise ExtractionFailed(rejected.code, rejected.message) from None
         return ExtractedFrames(np.stack(tiles), frames, info, (time.perf_counter() - started) * 1000)

@@ -166,7 +166,7 @@ def _cut_batch(job: _VideoWork, batch: int, segments: list[Segment], first_seq: 
                store: ObjectStore, settings: FramesSettings, database_url: str) -> None:
     indices = [frame.index for segment in segments for frame in segment.frames]
     decoded = read_frames(path, info, indices, transform=_frame_and_thumbnail,
-                          max_workers=settings.decode_threads or None)
+                          max_workers=settings.decode_threads or None, reader=settings.frame_reader)
     _put(store, segment_batch_key(job.tenant_id, job.index_id, job.video_id, batch),
          encode_bundle(np.stack([tile for tile, _ in decoded])))
     rows = []

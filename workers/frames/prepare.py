@@ -56,7 +56,7 @@ def prepare_job(job_id: str, *, settings: FramesSettings, store: ObjectStore, ha
     try:
         item = _video_item(items, tenant_id, job_id, attempts, settings=settings, store=store, database_url=database_url)
         extracted = extract_frames(store, item["object_key"], options, settings=settings,
-                                   decode_threads=settings.decode_threads)
+                                   decode_threads=settings.decode_threads, reader=settings.frame_reader)
         key = frames_key(tenant_id, job_id)
         _write(store, key, encode_bundle(extracted.tiles))
     except ExtractionFailed as failure:

@@ -21,10 +21,16 @@ from sqlalchemy import select
 
 from shared.config.settings import WorkerSettings
 from shared.db.engine import session_scope
-from shared.db.models import IndexVideo, Job, utcnow
-from shared.jobs import JobStatus, mark_enqueued, requeue_expired_leases
+from shared.db.models import IndexSegment, IndexVideo, Job, VideoIndex, utcnow
 from shared.indexes.progress import requeue_lapsed_videos
-from shared.queue import FRAMES_QUEUE, INDEX_VIDEO_TASK, route_for
+from shared.jobs import JobStatus, mark_enqueued, requeue_expired_leases
+from shared.queue import (
+    CAPTION_SEGMENTS_TASK,
+    FRAMES_QUEUE,
+    INDEX_VIDEO_TASK,
+    queue_for,
+    route_for,
+)
 
 log = logging.getLogger("vlmq.reaper")
 
@@ -93,7 +99,24 @@ class Reaper:
                 ))
         for video_id in dict.fromkeys(lapsed + stale):
             self.app.send_task(INDEX_VIDEO_TASK, args=[video_id], queue=FRAMES_QUEUE)
-        return len(set(lapsed + stale))
+        return len(set(lapsed + stale)) + self._caption_batches(cutoff)
+
+    def _caption_batches(self, cutoff) -> int:
+        """Batches of fully cut videos still waiting for captions long after they were cut, while
+        their model's queue is empty: the broker lost their message; publish it again."""
+        with session_scope(self.database_url) as session:
+            waiting = session.execute(
+                select(IndexSegment.video_id, IndexSegment.batch, VideoIndex.model).distinct()
+                .join(IndexVideo, IndexVideo.id == IndexSegment.video_id)
+                .join(VideoIndex, VideoIndex.id == IndexSegment.index_id)
+                .where(IndexVideo.status == "running", IndexVideo.lease_expires_at.is_(None),
+                       IndexSegment.text.is_(None), IndexSegment.created_at < cutoff)
+                .limit(1000)
+            ).all()
+        lost = [row for row in waiting if self._queue_length(queue_for(row.model)) == 0]
+        for video_id, batch, model_id in lost:
+            self.app.send_task(CAPTION_SEGMENTS_TASK, args=[video_id, batch], queue=queue_for(model_id))
+        return len(lost)
 
     @staticmethod
     def _rows(session, *conditions, limit: int = 1000) -> list[tuple[str, str, str, bool]]:
