@@ -189,6 +189,18 @@ def test_cancel_stops_an_index_and_its_pending_videos(acme, served):
     assert acme.get(f"/v1/video-indexes/{index_id}").json()["status"] == "canceled"
 
 
+def test_videos_that_cannot_be_named_are_refused_before_anything_runs(acme):
+    cases = [
+        ({"object_key": "tenants/globex/media/abc"}, 404, "object_not_found"),
+        ({"upload_id": "upl_missing"}, 404, "upload_not_found"),
+        ({"url": "http://user:pw@example.com/a.mp4"}, 400, "url_refused"),
+        ({"url": "https://example.com/a.mp4", "object_key": "tenants/acme/x"}, 400, "validation_error"),
+    ]
+    for video, status, code in cases:
+        response = acme.post("/v1/video-indexes", json={"videos": [video]})
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code), video
+
+
 def test_another_tenant_sees_no_index(acme, globex, served):
     created = acme.post("/v1/video-indexes", json={"videos": [{"url": next(iter(served.values()))}], "max_new_tokens": 1})
     index_id = created.json()["id"]

@@ -88,21 +88,23 @@ def read_frames(
     workers = max(1, min(len(groups), max_workers or os.cpu_count() or 1))
     groups = _runs(groups, info.key_indices, workers)
     first = "pyav" if info.decoder == "pyav" else (reader or "decord")
+    # The other reader when the first fails: decord mis-sizes some frame widths and stops at damaged
+    # tails; PyAV's reader needs presentation timestamps. A file only PyAV opened has no second.
+    second = {"decord": "pyav", "pyav": "decord" if info.decoder == "decord" else None}[first]
     try:
         parts = _read_groups(path, info, groups, transform, workers, first)
-    except VideoRejected:
-        raise
-    except Exception as error:
-        if first != "decord":
+    except Exception as error:  # VideoRejected from a reader included: the other one may do better
+        if second is None:
+            if isinstance(error, VideoRejected):
+                raise
             raise VideoRejected("invalid_media", f"the video could not be decoded: {type(error).__name__}: {error}") from error
-        # decord fails on some files it opens (frame sizes it mis-aligns, damaged tails): PyAV next.
-        log.info("decord could not read frames of %s (%s); reading them with PyAV", path.name, error)
+        log.info("%s could not read frames of %s (%s); reading them with %s", first, path.name, error, second)
         try:
-            parts = _read_groups(path, info, groups, transform, workers, "pyav")
+            parts = _read_groups(path, info, groups, transform, workers, second)
         except VideoRejected:
             raise
-        except Exception as second:  # a frame no decoder can produce: a truncated or corrupt file
-            raise VideoRejected("invalid_media", f"the video could not be decoded: {type(second).__name__}: {second}") from second
+        except Exception as again:  # a frame no decoder can produce: a truncated or corrupt file
+            raise VideoRejected("invalid_media", f"the video could not be decoded: {type(again).__name__}: {again}") from again
     by_index = {index: frame for group, frames in zip(groups, parts, strict=True)
                 for index, frame in zip(group, frames, strict=True)}
     return [by_index[index] for index in indices]

@@ -82,7 +82,7 @@ def download(store: ObjectStore, key: str, folder: Path) -> Path:
 
 def extract_frames(
     store: ObjectStore, object_key: str, options: dict, *, settings: CommonSettings, decode_threads: int = 0,
-    reader: str = "decord",
+    reader: str = "pyav",
 ) -> ExtractedFrames:
     """Sample ``options["num_frames"]`` frames between ``start_s`` and ``end_s`` of the stored video."""
     folder = Path(tempfile.mkdtemp(prefix="vlmq-video-"))
