@@ -57,7 +57,10 @@ def create_celery(
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 6 * 3600},
+        # One Redis list per queue: kombu would spread prioritised messages over extra lists
+        # ("<queue>\x06\x163", …); with one priority step every message lands in the list named
+        # like the queue, the one list KEDA's Redis trigger counts (helm/vlmq ScaledObjects).
+        broker_transport_options={"visibility_timeout": 6 * 3600, "priority_steps": [0]},
     )
     if broker_url.startswith("filesystem://"):
         folder = settings.data_dir.resolve() / "broker"
