@@ -11,15 +11,19 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.api.errors import NotFound, UnsupportedMedia, ValidationFailed
-from services.api.ingest import MediaIngest, fetch_error, inspect_stored_object
+from services.api.ingest import MediaIngest, inspect_stored_object, media_failure_error
 from services.api.multipart import discard_new_media, parse_media_form
 from services.api.schemas import InputRef, JobCreate, JobSpec
-from services.api.submission import check_media_fits_task, known_media, object_keys_for
+from services.api.submission import (
+    check_media_fits_task,
+    known_media,
+    object_keys_for,
+    refuse_unfetchable_url,
+)
 from shared.config.settings import ApiSettings
 from shared.db.engine import get_engine
 from shared.media import StoredMedia
 from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
-from shared.net import OutboundRefused, check_url_form
 from shared.storage import ObjectNotFound, ObjectStore
 
 MAX_JSON_BODY = 1024 * 1024
@@ -113,11 +117,7 @@ class JobBodyReader:
         refs = create.input.refs() if create.input else []
         for ref in refs:
             if ref.url is not None:
-                # What can be refused without DNS is refused now; the fetch checks the rest.
-                try:
-                    check_url_form(str(ref.url), allow_private=self.settings.allow_private_networks)
-                except OutboundRefused as refusal:
-                    raise ValidationFailed(str(refusal), code="url_refused", details={"url": str(ref.url)}) from None
+                refuse_unfetchable_url(str(ref.url), allow_private=self.settings.allow_private_networks)
         spec = JobSpec.model_validate(create.model_dump(exclude={"input"}))
         if not refs:
             check_media_fits_task(spec, [])
@@ -148,4 +148,4 @@ class JobBodyReader:
                 partial(fetch_media, url, limits=FetchLimits.from_settings(self.settings), store=store, tenant_id=tenant)
             )
         except FetchFailed as failure:
-            raise fetch_error(failure) from None
+            raise media_failure_error(failure.code, failure.message, transient=failure.transient) from None

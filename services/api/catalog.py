@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 from services.api.errors import ApiError, NotFound
 from shared.config.settings import CommonSettings
-from workers.inference.runtime.checkpoint import CheckpointError, CheckpointInfo, read_checkpoint
+from workers.inference.runtime.checkpoint import (
+    CheckpointError,
+    CheckpointInfo,
+    read_checkpoint,
+)
 from workers.inference.runtime.sources import resolve_source
 
 log = logging.getLogger("vlmq.api")

@@ -24,11 +24,10 @@ from services.api.schemas import (
     VideoIndexCreate,
     VideoIndexSpec,
 )
-from shared.db.models import IndexSegment, IndexVideo, Upload, VideoIndex, utcnow
+from services.api.submission import object_key_for, refuse_unfetchable_url
+from shared.db.models import IndexSegment, IndexVideo, VideoIndex, utcnow
 from shared.ids import new_id
-from shared.net import OutboundRefused, check_url_form
 from shared.queue import FRAMES_QUEUE, INDEX_VIDEO_TASK
-from shared.storage import tenant_prefix, upload_key
 
 log = logging.getLogger("vlmq.api")
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -97,19 +96,9 @@ def _lines(file) -> Iterator[str]:
 def _source_and_key(session: Session, tenant_id: str, ref: IndexVideoRef, *, allow_private: bool) -> tuple[dict, str | None]:
     """What the video is as given, and its storage key when it is already stored."""
     if ref.url is not None:
-        try:
-            check_url_form(str(ref.url), allow_private=allow_private)
-        except OutboundRefused as refusal:
-            raise ValidationFailed(str(refusal), code="url_refused", details={"url": str(ref.url)}) from None
-        return {"url": str(ref.url)}, None
-    if ref.upload_id is not None:
-        owner = session.scalar(select(Upload.tenant_id).where(Upload.id == ref.upload_id))
-        if owner != tenant_id:
-            raise NotFound(f"no upload {ref.upload_id}", code="upload_not_found")
-        return {"upload_id": ref.upload_id}, upload_key(tenant_id, ref.upload_id)
-    if not ref.object_key.startswith(tenant_prefix(tenant_id)):
-        raise NotFound(f"no object {ref.object_key!r} in your storage", code="object_not_found")
-    return {"object_key": ref.object_key}, ref.object_key
+        refuse_unfetchable_url(str(ref.url), allow_private=allow_private)
+    source = ref.model_dump(mode="json", include={"url", "object_key", "upload_id"}, exclude_none=True)
+    return source, object_key_for(session.connection(), tenant_id, ref)
 
 
 def create_index(session: Session, celery: Celery, *, tenant_id: str, body: VideoIndexCreate, model_id: str,

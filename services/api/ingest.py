@@ -16,12 +16,14 @@ from services.api.errors import (
     UnsupportedMedia,
     ValidationFailed,
 )
-from shared.media import MediaCheck, MediaRejected, StoredMedia, settle_staged
-from shared.media.fetch import FetchFailed
+from shared.media import (
+    MediaCheck,
+    MediaRejected,
+    StoredMedia,
+    WriteBlocks,
+    settle_staged,
+)
 from shared.storage import ObjectStore, media_key, staging_key
-
-# Hand bytes to the (blocking) storage writer in blocks this large, not per network chunk.
-WRITE_BLOCK = 1024 * 1024
 
 _ERRORS: dict[str, type[ApiError]] = {
     "media_too_large": PayloadTooLarge, "unsupported_media": UnsupportedMedia, "invalid_media": InvalidMedia,
@@ -33,16 +35,16 @@ def api_error(rejection: MediaRejected) -> ApiError:
     return _ERRORS[rejection.code](rejection.message, details=rejection.details)
 
 
-def fetch_error(failure: FetchFailed) -> ApiError:
-    """A URL that could not be fetched (for a plan): refused → 400, media errors as for uploads,
-    the remote's failure → 422 ``media_fetch_failed``."""
-    if failure.code == "url_refused":
-        return ValidationFailed(failure.message, code="url_refused")
-    if failure.code in _ERRORS:
-        return _ERRORS[failure.code](failure.message)
-    if failure.code == "media_unavailable":
-        return DependencyDown(failure.message, code="storage_unavailable")
-    return InvalidMedia(failure.message, code=failure.code)
+def media_failure_error(code: str, message: str, *, transient: bool) -> ApiError:
+    """A job reason code met while planning (a URL fetched, a video probed) as API.md's error: the
+    request's fault → 400, media errors as for uploads, storage down → 503, any other → 422."""
+    if code in ("url_refused", "invalid_input"):
+        return ValidationFailed(message, code=code)
+    if code in _ERRORS:
+        return _ERRORS[code](message)
+    if transient and code == "media_unavailable":
+        return DependencyDown(message, code="storage_unavailable")
+    return InvalidMedia(message, code=code)
 
 
 class MediaIngest:
@@ -51,8 +53,7 @@ class MediaIngest:
     def __init__(self, store: ObjectStore, *, store_as: str | None, max_bytes: int, max_image_bytes: int) -> None:
         self._store, self._tenant = store, store_as
         self._check = MediaCheck(max_bytes=max_bytes, max_image_bytes=max_image_bytes)
-        self._blocks: list[bytes] = []  # bytes on their way to the writer
-        self._blocked_bytes = 0
+        self._blocks = WriteBlocks()  # bytes on their way to the writer
         self._staging_key = staging_key(store_as) if store_as else None
         self._writer = store.open_writer(self._staging_key) if self._staging_key else None
 
@@ -62,25 +63,16 @@ class MediaIngest:
         except MediaRejected as rejection:
             await self.abort()
             raise api_error(rejection) from None
-        if ready and self._writer is not None:
-            # A list of chunks joined once per block: one copy, where a growing bytearray makes two.
-            self._blocks.append(ready)
-            self._blocked_bytes += len(ready)
-            if self._blocked_bytes >= WRITE_BLOCK:
-                await run_in_threadpool(self._writer.write, self._take_block())
-
-    def _take_block(self) -> bytes:
-        block = b"".join(self._blocks)
-        self._blocks, self._blocked_bytes = [], 0
-        return block
+        if ready and self._writer is not None and (block := self._blocks.add(ready)) is not None:
+            await run_in_threadpool(self._writer.write, block)
 
     async def finish(self) -> StoredMedia:
         try:
-            self._blocks.append(self._check.finish())
+            tail = self._check.finish()
             media = await run_in_threadpool(self._check.describe)
             if self._writer is not None:
                 media.object_key = media_key(self._tenant, media.sha256)  # type: ignore[arg-type]
-                media.newly_stored = await run_in_threadpool(self._commit, media.object_key)
+                media.newly_stored = await run_in_threadpool(self._commit, media.object_key, tail)
             return media
         except MediaRejected as rejection:
             await self.abort()
@@ -89,8 +81,8 @@ class MediaIngest:
             await self.abort()
             raise
 
-    def _commit(self, final_key: str) -> bool:
-        self._writer.write(self._take_block())  # type: ignore[union-attr]
+    def _commit(self, final_key: str, tail: bytes) -> bool:
+        self._writer.write(self._blocks.take() + tail)  # type: ignore[union-attr]
         self._writer.complete()  # type: ignore[union-attr]
         self._writer = None
         return settle_staged(self._store, self._staging_key, final_key)  # type: ignore[arg-type]

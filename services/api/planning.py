@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 
-from services.api.errors import DependencyDown, InvalidMedia, ValidationFailed
+from services.api.ingest import media_failure_error
 from services.api.schemas import FramePublic, ImagePlanPublic, JobSpec, PlanPublic
 from shared.config.settings import ApiSettings
 from shared.media import StoredMedia
@@ -56,8 +56,4 @@ async def sample_plan_frames(store: ObjectStore, object_key: str, options: dict,
     try:
         return await run_in_threadpool(plan_frames, store, object_key, options, settings=settings)
     except ExtractionFailed as failure:
-        if failure.transient:
-            raise DependencyDown(failure.message, code="storage_unavailable") from None
-        if failure.code == "invalid_input":
-            raise ValidationFailed(failure.message, code="invalid_input") from None
-        raise InvalidMedia(failure.message, code=failure.code) from None
+        raise media_failure_error(failure.code, failure.message, transient=failure.transient) from None

@@ -13,16 +13,17 @@ from sqlalchemy import Connection, select
 from services.api.errors import NotFound, ValidationFailed
 from services.api.idempotency import KeyedRequest
 from services.api.schemas import InputRef, JobPublic, JobSpec
+from shared.db.media_rows import media_rows
 from shared.db.models import Job, Media, Upload, utcnow
 from shared.ids import new_id
 from shared.jobs import JobStatus, JobTask
-from shared.media import PendingUrl, StoredMedia
+from shared.media import MEDIA_FIELDS, PendingUrl, StoredMedia
+from shared.net import OutboundRefused, check_url_form
 from shared.storage import tenant_prefix, upload_key
 
 media_table = Media.__table__
 jobs_table = Job.__table__
 uploads_table = Upload.__table__
-_MEDIA_FIELDS = ("object_key", "content_type", "size_bytes", "sha256", "width", "height", "duration_s", "fps")
 
 
 def check_media_fits_task(spec: JobSpec, media: list[StoredMedia | PendingUrl]) -> None:
@@ -39,24 +40,31 @@ def check_media_fits_task(spec: JobSpec, media: list[StoredMedia | PendingUrl]) 
         raise ValidationFailed(f"task {spec.task.value} needs at least one image", code="invalid_input")
 
 
-def object_keys_for(connection: Connection, tenant_id: str, refs: list[InputRef]) -> list[str | None]:
-    """The storage keys refs name (None for a URL); uploads and keys of other tenants do not exist
+def refuse_unfetchable_url(url: str, *, allow_private: bool) -> None:
+    """400 ``url_refused`` for what can be refused without DNS; the fetch checks the rest."""
+    try:
+        check_url_form(url, allow_private=allow_private)
+    except OutboundRefused as refusal:
+        raise ValidationFailed(str(refusal), code="url_refused", details={"url": url}) from None
+
+
+def object_key_for(connection: Connection, tenant_id: str, ref: InputRef) -> str | None:
+    """The storage key a ref names (None for a URL); uploads and keys of other tenants do not exist
     for this one."""
-    prefix = tenant_prefix(tenant_id)
-    keys: list[str | None] = []
-    for ref in refs:
-        if ref.url is not None:
-            keys.append(None)
-        elif ref.upload_id is not None:
-            owner = connection.scalar(select(uploads_table.c.tenant_id).where(uploads_table.c.id == ref.upload_id))
-            if owner != tenant_id:
-                raise NotFound(f"no upload {ref.upload_id}", code="upload_not_found")
-            keys.append(upload_key(tenant_id, ref.upload_id))
-        elif not ref.object_key.startswith(prefix):
-            raise NotFound(f"no object {ref.object_key!r} in your storage", code="object_not_found")
-        else:
-            keys.append(ref.object_key)
-    return keys
+    if ref.url is not None:
+        return None
+    if ref.upload_id is not None:
+        owner = connection.scalar(select(uploads_table.c.tenant_id).where(uploads_table.c.id == ref.upload_id))
+        if owner != tenant_id:
+            raise NotFound(f"no upload {ref.upload_id}", code="upload_not_found")
+        return upload_key(tenant_id, ref.upload_id)
+    if not ref.object_key.startswith(tenant_prefix(tenant_id)):
+        raise NotFound(f"no object {ref.object_key!r} in your storage", code="object_not_found")
+    return ref.object_key
+
+
+def object_keys_for(connection: Connection, tenant_id: str, refs: list[InputRef]) -> list[str | None]:
+    return [object_key_for(connection, tenant_id, ref) for ref in refs]
 
 
 def known_media(connection: Connection, tenant_id: str, object_keys: list[str | None]) -> dict[str, StoredMedia]:
@@ -64,7 +72,7 @@ def known_media(connection: Connection, tenant_id: str, object_keys: list[str | 
     object_keys = [key for key in object_keys if key is not None]
     if not object_keys:
         return {}
-    columns = [media_table.c[name] for name in _MEDIA_FIELDS]
+    columns = [media_table.c[name] for name in MEDIA_FIELDS]
     rows = connection.execute(
         select(*columns).where(media_table.c.tenant_id == tenant_id, media_table.c.object_key.in_(object_keys))
     )
@@ -77,7 +85,7 @@ def job_rows(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The job row and the media rows not yet recorded, for one transaction (``JobSubmitter``)."""
     now = utcnow()
-    new_media = [{"tenant_id": tenant_id, "created_at": now, **item.as_media_row()} for item in media if not item.recorded]
+    new_media = media_rows(tenant_id, [item for item in media if not item.recorded], now=now)
     job = {
         "id": new_id("job"),
         "tenant_id": tenant_id,

@@ -3,14 +3,31 @@ once: inserts skip a row that exists instead of failing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from shared.db.models import Media
+from shared.db.models import Media, utcnow
+from shared.media import StoredMedia
 
 
 def insert_media_ignoring_duplicates(connection: Connection):
     """INSERT … ON CONFLICT DO NOTHING into ``media``, in the connection's dialect."""
     dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
     return dialect_insert(Media.__table__).on_conflict_do_nothing()
+
+
+def media_rows(tenant_id: str, media: Iterable[StoredMedia], *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The media table's rows for these stored files of a tenant."""
+    now = now or utcnow()
+    return [{"tenant_id": tenant_id, "created_at": now, **item.as_media_row()} for item in media]
+
+
+def record_media(connection: Connection, tenant_id: str, media: list[StoredMedia]) -> None:
+    """Record files a worker stored (fetched by URL); a file recorded before stays as it is."""
+    if media:
+        connection.execute(insert_media_ignoring_duplicates(connection), media_rows(tenant_id, media))

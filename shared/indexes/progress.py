@@ -65,6 +65,12 @@ def requeue_lapsed_videos(session: Session, *, limit: int = 200) -> list[str]:
     return requeued
 
 
+def requeue_video(session: Session, video_id: str) -> None:
+    """running → queued before a retry of its cutting (a storage hiccup), so the retry can claim it."""
+    session.execute(update(IndexVideo).where(IndexVideo.id == video_id, IndexVideo.status == "running")
+                    .values(status="queued", lease_expires_at=None))
+
+
 def video_cut(session: Session, video_id: str, *, attempt: int) -> None:
     """Every segment of the video is stored and handed to inference: no lease is needed any more
     (a lost caption batch is found by its empty segments, not by a lease)."""

@@ -1,10 +1,12 @@
 """Media files: what vlmq accepts (sniffed by content), their checks, and fetching them by URL."""
 
 from shared.media.check import (
+    MEDIA_FIELDS,
     MediaCheck,
     MediaRejected,
     PendingUrl,
     StoredMedia,
+    WriteBlocks,
     image_size,
     settle_staged,
 )
@@ -12,12 +14,14 @@ from shared.media.types import IMAGE_TYPES, SNIFF_BYTES, VIDEO_TYPES, sniff_medi
 
 __all__ = [
     "IMAGE_TYPES",
+    "MEDIA_FIELDS",
     "SNIFF_BYTES",
     "VIDEO_TYPES",
     "MediaCheck",
     "MediaRejected",
     "PendingUrl",
     "StoredMedia",
+    "WriteBlocks",
     "image_size",
     "settle_staged",
     "sniff_media_type",

@@ -19,6 +19,9 @@ from shared.storage import ObjectNotFound, ObjectStore
 # Images are validated by decoding them; below this they stay in memory, above it on disk.
 SPOOL_IN_MEMORY = 4 * 1024 * 1024
 
+# What vlmq knows of a stored media file: the job object's input item and the media table's columns.
+MEDIA_FIELDS = ("object_key", "content_type", "size_bytes", "sha256", "width", "height", "duration_s", "fps")
+
 RejectionCode = Literal["media_too_large", "unsupported_media", "invalid_media"]
 
 
@@ -52,22 +55,11 @@ class StoredMedia:
         return self.content_type in IMAGE_TYPES
 
     def as_input_item(self) -> dict[str, Any]:
-        item = {
-            "object_key": self.object_key,
-            "content_type": self.content_type,
-            "size_bytes": self.size_bytes,
-            "sha256": self.sha256,
-            "width": self.width,
-            "height": self.height,
-            "duration_s": self.duration_s,
-            "fps": self.fps,
-        }
+        item = self.as_media_row()
         return item if self.url is None else {"url": self.url, **item}
 
     def as_media_row(self) -> dict[str, Any]:
-        item = self.as_input_item()
-        item.pop("url", None)
-        return item
+        return {name: getattr(self, name) for name in MEDIA_FIELDS}
 
 
 @dataclass
@@ -80,8 +72,7 @@ class PendingUrl:
     recorded: bool = True  # no media row until it is fetched
 
     def as_input_item(self) -> dict[str, Any]:
-        return {"url": self.url, **dict.fromkeys(
-            ("object_key", "content_type", "size_bytes", "sha256", "width", "height", "duration_s", "fps"))}
+        return {"url": self.url, **dict.fromkeys(MEDIA_FIELDS)}
 
 
 def image_size(file) -> tuple[int, int]:
@@ -162,6 +153,31 @@ class MediaCheck:
         if self._spool is not None:
             self._spool.write(chunk)
         return chunk
+
+
+# Bytes go to a storage writer in blocks this large, not per network chunk.
+WRITE_BLOCK = 1024 * 1024
+
+
+class WriteBlocks:
+    """Chunks gathered into blocks for a storage writer. A list joined once per block: one copy,
+    where a growing bytearray makes two."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def add(self, chunk: bytes) -> bytes | None:
+        """Keep ``chunk``; a full block to write once WRITE_BLOCK bytes are held, else None."""
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        return self.take() if self._size >= WRITE_BLOCK else None
+
+    def take(self) -> bytes:
+        """Whatever is held, as one block."""
+        block = b"".join(self._chunks)
+        self._chunks, self._size = [], 0
+        return block
 
 
 def settle_staged(store: ObjectStore, staging: str, final_key: str) -> bool:

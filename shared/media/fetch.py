@@ -14,11 +14,16 @@ from dataclasses import dataclass
 
 import httpx
 
-from shared.media.check import MediaCheck, MediaRejected, StoredMedia, settle_staged
+from shared.media.check import (
+    MediaCheck,
+    MediaRejected,
+    StoredMedia,
+    WriteBlocks,
+    settle_staged,
+)
 from shared.net import OutboundRefused, iter_body, stream
 from shared.storage import ObjectStore, StorageError, media_key, staging_key
 
-WRITE_BLOCK = 1024 * 1024
 # Statuses worth asking again later; any other non-200 answer is final.
 _RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _ACCEPT = "image/*, video/*;q=0.9, */*;q=0.1"
@@ -84,8 +89,7 @@ def fetch_media(url: str, *, limits: FetchLimits, store: ObjectStore | None = No
 
 def _transfer(url: str, limits: FetchLimits, check: MediaCheck, writer, should_stop: Callable[[], bool]) -> None:
     deadline = time.monotonic() + limits.total_timeout_s
-    blocks: list[bytes] = []
-    blocked = 0
+    blocks = WriteBlocks()
     try:
         with stream("GET", url, allow_private=limits.allow_private, follow_redirects=True,
                     timeout=limits.read_timeout_s, headers={"accept": _ACCEPT}) as response:
@@ -101,12 +105,8 @@ def _transfer(url: str, limits: FetchLimits, check: MediaCheck, writer, should_s
                 if time.monotonic() > deadline:
                     raise FetchFailed("media_fetch_failed", f"{url} took longer than {limits.total_timeout_s:g} s")
                 ready = check.feed(chunk)
-                if writer is not None and ready:
-                    blocks.append(ready)
-                    blocked += len(ready)
-                    if blocked >= WRITE_BLOCK:
-                        writer.write(b"".join(blocks))
-                        blocks, blocked = [], 0
+                if writer is not None and ready and (block := blocks.add(ready)) is not None:
+                    writer.write(block)
     except OutboundRefused as refusal:
         if refusal.reason == "too_large":
             limit = max(limits.max_bytes, limits.max_image_bytes)
@@ -121,4 +121,4 @@ def _transfer(url: str, limits: FetchLimits, check: MediaCheck, writer, should_s
                           transient=True) from None
     tail = check.finish()
     if writer is not None:
-        writer.write(b"".join([*blocks, tail]))
+        writer.write(blocks.take() + tail)

@@ -1,6 +1,6 @@
 """Object storage: one protocol, an S3 implementation and a local-directory one, and the key layout."""
 
-from shared.storage.base import ObjectNotFound, ObjectStore, ObjectWriter, StorageError
+from shared.storage.base import ObjectNotFound, ObjectStore, ObjectWriter, StorageError, put_bytes
 from shared.storage.factory import open_store
 from shared.storage.keys import (
     frames_key,
@@ -22,6 +22,7 @@ __all__ = [
     "index_prefix",
     "media_key",
     "open_store",
+    "put_bytes",
     "segment_batch_key",
     "staging_key",
     "tenant_prefix",

@@ -50,3 +50,14 @@ class ObjectStore(Protocol):
     def ping(self) -> None:
         """Raise StorageError unless the store is reachable."""
         ...
+
+
+def put_bytes(store: ObjectStore, key: str, data: bytes) -> None:
+    """Write a small object whole (frame arrays, thumbnails); nothing is left behind on failure."""
+    writer = store.open_writer(key)
+    try:
+        writer.write(data)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.complete()

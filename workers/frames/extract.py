@@ -11,6 +11,8 @@ import io
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,45 +82,52 @@ def download(store: ObjectStore, key: str, folder: Path) -> Path:
     return path
 
 
+@contextmanager
+def downloaded_video(store: ObjectStore, key: str) -> Iterator[Path]:
+    """The stored video in a temporary file, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="vlmq-video-"))
+    try:
+        yield download(store, key, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def rejections_as_failures() -> Iterator[None]:
+    """A video that cannot be read or sampled becomes an ExtractionFailed with its reason code."""
+    try:
+        yield
+    except (VideoRejected, SamplingError) as rejected:
+        raise ExtractionFailed(rejected.code, rejected.message) from None
+
+
+def _sample(path: Path, options: dict, settings: CommonSettings) -> tuple[VideoInfo, list[SampledFrame]]:
+    """The video probed, and the frames the job's options pick (REFERENCE.md's midpoints)."""
+    info = probe(path, video_limits(settings))
+    frames = segment_midpoints(
+        fps=info.fps, n_frames=info.n_frames, num_segments=options.get("num_frames", 8),
+        start_s=options.get("start_s"), end_s=options.get("end_s"),
+    )
+    return info, frames
+
+
 def extract_frames(
     store: ObjectStore, object_key: str, options: dict, *, settings: CommonSettings, decode_threads: int = 0,
     reader: str = "pyav",
 ) -> ExtractedFrames:
     """Sample ``options["num_frames"]`` frames between ``start_s`` and ``end_s`` of the stored video."""
-    folder = Path(tempfile.mkdtemp(prefix="vlmq-video-"))
-    try:
-        path = download(store, object_key, folder)
+    with downloaded_video(store, object_key) as path, rejections_as_failures():
         started = time.perf_counter()
-        try:
-            info = probe(path, video_limits(settings))
-            frames = segment_midpoints(
-                fps=info.fps, n_frames=info.n_frames, num_segments=options.get("num_frames", 8),
-                start_s=options.get("start_s"), end_s=options.get("end_s"),
-            )
-            tiles = read_frames(path, info, [frame.index for frame in frames], transform=frame_tile,
-                                max_workers=decode_threads or None, reader=reader)
-        except (VideoRejected, SamplingError) as rejected:
-            raise ExtractionFailed(rejected.code, rejected.message) from None
+        info, frames = _sample(path, options, settings)
+        tiles = read_frames(path, info, [frame.index for frame in frames], transform=frame_tile,
+                            max_workers=decode_threads or None, reader=reader)
         return ExtractedFrames(np.stack(tiles), frames, info, (time.perf_counter() - started) * 1000)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def plan_frames(store: ObjectStore, object_key: str, options: dict, *, settings: CommonSettings) -> list[SampledFrame]:
     """Which frames a job would sample (the plan endpoint): the video probed, nothing decoded."""
-    folder = Path(tempfile.mkdtemp(prefix="vlmq-video-"))
-    try:
-        path = download(store, object_key, folder)
-        try:
-            info = probe(path, video_limits(settings))
-            return segment_midpoints(
-                fps=info.fps, n_frames=info.n_frames, num_segments=options.get("num_frames", 8),
-                start_s=options.get("start_s"), end_s=options.get("end_s"),
-            )
-        except (VideoRejected, SamplingError) as rejected:
-            raise ExtractionFailed(rejected.code, rejected.message) from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with downloaded_video(store, object_key) as path, rejections_as_failures():
+        return _sample(path, options, settings)[1]
 
 
 def encode_bundle(tiles: np.ndarray) -> bytes:

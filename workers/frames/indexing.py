@@ -11,31 +11,35 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shared.config.settings import FramesSettings
 from shared.db.engine import session_scope
-from shared.db.media_rows import insert_media_ignoring_duplicates
+from shared.db.media_rows import record_media
 from shared.db.models import IndexSegment, IndexVideo, VideoIndex, utcnow
 from shared.indexes.progress import (
     claim_video,
     fail_video,
     index_is_active,
     renew_video_lease,
+    requeue_video,
     set_video_plan,
     video_cut,
 )
 from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
-from shared.storage import ObjectStore, StorageError, segment_batch_key, thumbnail_key
+from shared.storage import (
+    ObjectStore,
+    StorageError,
+    put_bytes,
+    segment_batch_key,
+    thumbnail_key,
+)
 from shared.video import (
     SamplingError,
     Segment,
@@ -46,7 +50,7 @@ from shared.video import (
 )
 from workers.frames.extract import (
     ExtractionFailed,
-    download,
+    downloaded_video,
     encode_bundle,
     frame_tile,
     video_limits,
@@ -76,12 +80,6 @@ def _jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _put(store: ObjectStore, key: str, data: bytes) -> None:
-    writer = store.open_writer(key)
-    writer.write(data)
-    writer.complete()
-
-
 def index_video(video_id: str, *, settings: FramesSettings, store: ObjectStore, publish_batch: PublishBatch,
                 last_try: bool = True) -> str:
     database_url = settings.resolved_database_url
@@ -91,23 +89,22 @@ def index_video(video_id: str, *, settings: FramesSettings, store: ObjectStore, 
             return "skipped"
         index = session.get(VideoIndex, video.index_id)
         job = _VideoWork(video, index)
-    folder = Path(tempfile.mkdtemp(prefix="vlmq-index-"))
     try:
         key = job.object_key or _fetch(job, settings, store, database_url)
-        path = download(store, key, folder)
-        info = probe(path, video_limits(settings))
-        segments = fixed_length_segments(fps=info.fps, n_frames=info.n_frames, segment_s=job.segment_s,
-                                         frames_per_segment=job.frames_per_segment)
-        with session_scope(database_url) as session:
-            if not set_video_plan(session, video_id, object_key=key, duration_s=round(info.duration_s, 3),
-                                  segments_total=len(segments), attempt=job.attempt):
-                return "skipped"
-        size = settings.index_batch_segments
-        for batch, start in enumerate(range(0, len(segments), size)):
-            if not _still_ours(database_url, job, settings):
-                return "stopped"
-            _cut_batch(job, batch, segments[start:start + size], start, path, info, store, settings, database_url)
-            publish_batch(video_id, batch, job.model)
+        with downloaded_video(store, key) as path:
+            info = probe(path, video_limits(settings))
+            segments = fixed_length_segments(fps=info.fps, n_frames=info.n_frames, segment_s=job.segment_s,
+                                             frames_per_segment=job.frames_per_segment)
+            with session_scope(database_url) as session:
+                if not set_video_plan(session, video_id, object_key=key, duration_s=round(info.duration_s, 3),
+                                      segments_total=len(segments), attempt=job.attempt):
+                    return "skipped"
+            size = settings.index_batch_segments
+            for batch, start in enumerate(range(0, len(segments), size)):
+                if not _still_ours(database_url, job, settings):
+                    return "stopped"
+                _cut_batch(job, batch, segments[start:start + size], start, path, info, store, settings, database_url)
+                publish_batch(video_id, batch, job.model)
         with session_scope(database_url) as session:
             video_cut(session, video_id, attempt=job.attempt)
         log.info("video %s of %s: %d segments in %d batches", video_id, job.index_id, len(segments),
@@ -115,7 +112,8 @@ def index_video(video_id: str, *, settings: FramesSettings, store: ObjectStore, 
         return "cut"
     except (VideoRejected, SamplingError, ExtractionFailed, FetchFailed) as failure:
         if getattr(failure, "transient", False) and not last_try:
-            _requeue(database_url, video_id)
+            with session_scope(database_url) as session:
+                requeue_video(session, video_id)  # queued again, so the retried task can claim it
             raise RetryVideoLater(failure.message) from None
         with session_scope(database_url) as session:
             fail_video(session, video_id, code=failure.code, message=failure.message)
@@ -123,13 +121,12 @@ def index_video(video_id: str, *, settings: FramesSettings, store: ObjectStore, 
         return "failed"
     except StorageError as error:
         if not last_try:
-            _requeue(database_url, video_id)
+            with session_scope(database_url) as session:
+                requeue_video(session, video_id)  # queued again, so the retried task can claim it
             raise RetryVideoLater(str(error)) from None
         with session_scope(database_url) as session:
             fail_video(session, video_id, code="media_unavailable", message=f"storage failed: {error}")
         return "failed"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 class _VideoWork:
@@ -148,9 +145,7 @@ def _fetch(job: _VideoWork, settings: FramesSettings, store: ObjectStore, databa
     if media.is_image:
         raise ExtractionFailed("invalid_input", f"{media.url} is {media.content_type}, not a video")
     with session_scope(database_url) as session:
-        connection = session.connection()
-        connection.execute(insert_media_ignoring_duplicates(connection),
-                           [{"tenant_id": job.tenant_id, "created_at": utcnow(), **media.as_media_row()}])
+        record_media(session.connection(), job.tenant_id, [media])
     return media.object_key
 
 
@@ -167,7 +162,7 @@ def _cut_batch(job: _VideoWork, batch: int, segments: list[Segment], first_seq: 
     indices = [frame.index for segment in segments for frame in segment.frames]
     decoded = read_frames(path, info, indices, transform=_frame_and_thumbnail,
                           max_workers=settings.decode_threads or None, reader=settings.frame_reader)
-    _put(store, segment_batch_key(job.tenant_id, job.index_id, job.video_id, batch),
+    put_bytes(store, segment_batch_key(job.tenant_id, job.index_id, job.video_id, batch),
          encode_bundle(np.stack([tile for tile, _ in decoded])))
     rows = []
     for offset, segment in enumerate(segments):
@@ -175,7 +170,7 @@ def _cut_batch(job: _VideoWork, batch: int, segments: list[Segment], first_seq: 
         # The thumbnail is the segment's middle sampled frame.
         _, small = decoded[offset * job.frames_per_segment + len(segment.frames) // 2]
         thumb = thumbnail_key(job.tenant_id, job.index_id, job.video_id, seq)
-        _put(store, thumb, _jpeg(small))
+        put_bytes(store, thumb, _jpeg(small))
         rows.append({
             "index_id": job.index_id, "video_id": job.video_id, "position": job.position,
             "external_id": job.external_id, "seq": seq, "batch": batch, "start_s": round(segment.start_s, 3),
@@ -187,10 +182,3 @@ def _cut_batch(job: _VideoWork, batch: int, segments: list[Segment], first_seq: 
         dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
         # A second cut of the same video (after a crash) finds its rows there already.
         connection.execute(dialect_insert(IndexSegment).on_conflict_do_nothing(), rows)
-
-
-def _requeue(database_url: str, video_id: str) -> None:
-    """Back to queued before a retry, so the retried task can claim it."""
-    with session_scope(database_url) as session:
-        session.execute(update(IndexVideo).where(IndexVideo.id == video_id, IndexVideo.status == "running")
-                        .values(status="queued", lease_expires_at=None))

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from shared.config.settings import FramesSettings
 from shared.db.engine import session_scope
-from shared.db.media_rows import insert_media_ignoring_duplicates
-from shared.db.models import Job, Media, utcnow
+from shared.db.media_rows import record_media
+from shared.db.models import Job, Media
 from shared.jobs import (
     JobStatus,
     StaleTransition,
@@ -25,7 +25,7 @@ from shared.jobs import (
 )
 from shared.media import StoredMedia
 from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
-from shared.storage import ObjectStore, StorageError, frames_key
+from shared.storage import ObjectStore, StorageError, frames_key, put_bytes
 from workers.frames.extract import ExtractionFailed, encode_bundle, extract_frames
 
 log = logging.getLogger("vlmq.frames")
@@ -102,9 +102,7 @@ def _video_item(items: list[dict], tenant_id: str, job_id: str, attempts: int, *
 
 
 def _record_fetched(session, job_id: str, attempts: int, items: list[dict], media: StoredMedia, tenant_id: str) -> None:
-    connection = session.connection()
-    connection.execute(insert_media_ignoring_duplicates(connection),
-                       [{"tenant_id": tenant_id, "created_at": utcnow(), **media.as_media_row()}])
+    record_media(session.connection(), tenant_id, [media])
     try:
         record_fetched_input(session, job_id, attempt=attempts, items=items, status=JobStatus.queued)
     except StaleTransition:
@@ -113,9 +111,7 @@ def _record_fetched(session, job_id: str, attempts: int, items: list[dict], medi
 
 def _write(store: ObjectStore, key: str, data: bytes) -> None:
     try:
-        writer = store.open_writer(key)
-        writer.write(data)
-        writer.complete()
+        put_bytes(store, key, data)
     except StorageError as error:
         raise ExtractionFailed("media_unavailable", f"frames could not be stored: {error}", transient=True) from error
 

@@ -60,7 +60,7 @@ def caption_segments(video_id: str, batch: int, *, settings: WorkerSettings, sto
         written = record_captions(session, video_id, {
             segment_id: result.text for (_, segment_id), result in zip(pending, results, strict=True)
         })
-    if written == len(rows) or written == len(pending):
+    if written == len(pending):  # every segment of the batch has its text now
         try:
             store.delete(key)  # captioned: the tiles have served
         except StorageError:

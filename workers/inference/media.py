@@ -17,8 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy.orm import Session
 
 from shared.config.settings import WorkerSettings
-from shared.db.media_rows import insert_media_ignoring_duplicates
-from shared.db.models import Job, utcnow
+from shared.db.media_rows import record_media
+from shared.db.models import Job
 from shared.jobs import JobTask, record_fetched_input
 from shared.media import StoredMedia
 from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
@@ -51,10 +51,7 @@ def fetch_pending_urls(
         _check_kind(job.task, media)
         items[index] = media.as_input_item()
         fetched.append(media)
-    now = utcnow()
-    connection = session.connection()
-    connection.execute(insert_media_ignoring_duplicates(connection),
-                       [{"tenant_id": job.tenant_id, "created_at": now, **media.as_media_row()} for media in fetched])
+    record_media(session.connection(), job.tenant_id, fetched)
     # A stale attempt raises StaleTransition here and writes nothing; what it stored stays in
     # storage unreferenced (content-addressed, so it may equally be another job's file).
     record_fetched_input(session, job.id, attempt=attempt, items=items)

@@ -97,9 +97,10 @@ class Reaper:
                     select(IndexVideo.id).where(IndexVideo.status == "queued", IndexVideo.created_at < cutoff)
                     .order_by(IndexVideo.id).limit(1000)
                 ))
-        for video_id in dict.fromkeys(lapsed + stale):
+        videos = list(dict.fromkeys(lapsed + stale))
+        for video_id in videos:
             self.app.send_task(INDEX_VIDEO_TASK, args=[video_id], queue=FRAMES_QUEUE)
-        return len(set(lapsed + stale)) + self._caption_batches(cutoff)
+        return len(videos) + self._caption_batches(cutoff)
 
     def _caption_batches(self, cutoff) -> int:
         """Batches of fully cut videos still waiting for captions long after they were cut, while
