@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -131,3 +132,22 @@ def test_the_api_shows_the_secret_the_deliveries_and_redelivers(acme, globex, st
     # and a rotation returns a new secret while the old one is still honoured for a day
     rotated = acme.post("/v1/webhook-secret/rotate").json()
     assert rotated["secret"] != secret and rotated["previous_secret_expires_at"] is not None
+
+
+def test_first_deliveries_racing_for_a_new_tenant_share_one_secret(database_url):
+    # given a tenant with no secret yet, and four notifier threads sending its first events at once
+    barrier, secrets_seen = threading.Barrier(4), []
+
+    def first_delivery() -> None:
+        barrier.wait()
+        with session_scope(database_url) as session:
+            secrets_seen.append(secret_for(session, "newcomer").secret)
+
+    threads = [threading.Thread(target=first_delivery) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then none of them failed, and they all signed with the one secret that was stored
+    assert len(secrets_seen) == 4 and len(set(secrets_seen)) == 1

@@ -6,6 +6,7 @@ import base64
 import secrets
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
@@ -21,14 +22,23 @@ def new_secret() -> str:
 def secret_for(session: Session, tenant_id: str) -> WebhookSecret:
     """The tenant's secret row, created on first use."""
     row = session.get(WebhookSecret, tenant_id)
-    if row is None:
-        if session.get(Tenant, tenant_id) is None:
-            session.add(Tenant(id=tenant_id))
-            session.flush()
-        row = WebhookSecret(tenant_id=tenant_id, secret=new_secret())
-        session.add(row)
-        session.flush()
-    return row
+    if row is not None:
+        return row
+    # Two first deliveries of a tenant may race to create it: the loser's insert fails inside a
+    # savepoint, and it takes the winner's row.
+    if session.get(Tenant, tenant_id) is None:
+        _insert_unless_present(session, Tenant(id=tenant_id))
+    _insert_unless_present(session, WebhookSecret(tenant_id=tenant_id, secret=new_secret()))
+    return session.get(WebhookSecret, tenant_id, populate_existing=True)
+
+
+def _insert_unless_present(session: Session, row) -> None:
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # another transaction inserted it first; the savepoint is rolled back
+        if row in session:
+            session.expunge(row)
 
 
 def rotate_secret(session: Session, tenant_id: str) -> WebhookSecret:
