@@ -42,6 +42,7 @@ def api_stack(data_dir: Path, *, storage_url: str | None = None, postgres: bool 
             "VLMQ_DATABASE_URL": database_url,
             "VLMQ_BROKER_URL": fresh_redis_url(db=10),
             "VLMQ_API_KEYS": f"bench:{API_KEY}",
+            "VLMQ_JOBS_PER_MINUTE": "0",  # throughput, not the tenant limits, is measured
             **({"VLMQ_STORAGE_URL": storage_url} if storage_url else {}),
             **(extra or {}),
         }

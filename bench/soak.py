@@ -88,7 +88,7 @@ def main() -> None:
             "VLMQ_STORAGE_URL": (data_dir / "storage").as_uri(), "VLMQ_MODEL_PATH": str(model_dir),
             "VLMQ_API_KEYS": f"soak:{API_KEY}", "VLMQ_ALLOW_PRIVATE_NETWORKS": "true",
             "VLMQ_LEASE_S": "6", "VLMQ_HEARTBEAT_S": "1", "VLMQ_REAPER_INTERVAL_S": "2", "VLMQ_REQUEUE_AFTER_S": "10",
-            "VLMQ_WEBHOOK_RETRY_SCALE": "0.01", "VLMQ_API_ACCESS_LOG": "false",
+            "VLMQ_WEBHOOK_RETRY_SCALE": "0.01", "VLMQ_API_ACCESS_LOG": "false", "VLMQ_JOBS_PER_MINUTE": "0",
         }
     )
     stack = Stack.start(env, data_dir)

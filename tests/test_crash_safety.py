@@ -18,12 +18,9 @@ from sqlalchemy import create_engine, func, select
 from shared.db.models import JobResult
 from tests.support.media import png_bytes, submit, wait_for_job
 from tests.support.services import (
-    RedisServer,
     Stack,
     TcpRelay,
-    create_database,
-    drop_database,
-    migrate,
+    isolated_stack,
     wait_until,
 )
 
@@ -35,29 +32,13 @@ KILLED_CHAT = {"task": "chat", "prompt": "Tell me a story.", "options": {"max_ne
 
 @pytest.fixture(scope="module")
 def crash_stack(stack_env, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("crash")
-    redis_server = RedisServer(data_dir / "redis").start()
-    name, database_url = create_database()
-    migrate(database_url)
-    env = {
-        **stack_env,
-        "VLMQ_DATABASE_URL": database_url,
-        "VLMQ_BROKER_URL": redis_server.url,
-        "VLMQ_API_KEYS": f"crash:{KEY}",
-        # Short enough that a dead worker's job is requeued within seconds.
-        "VLMQ_LEASE_S": "4",
-        "VLMQ_HEARTBEAT_S": "1",
-        "VLMQ_REAPER_INTERVAL_S": "1",
-        "VLMQ_REQUEUE_AFTER_S": "3",
-        "VLMQ_INDEX_LEASE_S": "4",
-    }
-    stack = Stack.start(env, data_dir)
-    stack.add_worker("worker-b")
-    stack.redis, stack.database_url = redis_server, database_url
-    yield stack
-    stack.stop()
-    redis_server.stop()
-    drop_database(name)
+    # Short enough that a dead worker's job is requeued within seconds.
+    short_leases = {"VLMQ_LEASE_S": "4", "VLMQ_HEARTBEAT_S": "1", "VLMQ_REAPER_INTERVAL_S": "1",
+                    "VLMQ_REQUEUE_AFTER_S": "3", "VLMQ_INDEX_LEASE_S": "4"}
+    with isolated_stack(stack_env, tmp_path_factory.mktemp("crash"), VLMQ_API_KEYS=f"crash:{KEY}",
+                        **short_leases) as stack:
+        stack.add_worker("worker-b")
+        yield stack
 
 
 @pytest.fixture()

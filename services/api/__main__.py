@@ -1,16 +1,16 @@
 """Run the API: ``python -m services.api`` (VLMQ_API_HOST, VLMQ_API_PORT, VLMQ_API_WORKERS,
 VLMQ_API_ACCESS_LOG)."""
 
-import logging
-
 import uvicorn
 
 from shared.config.settings import get_api_settings
+from shared.logs import logging_config
+from shared.metrics.multiprocess import ensure_multiprocess_dir
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_api_settings()  # validated here, so bad production settings stop the process at once
+    ensure_multiprocess_dir()  # before uvicorn starts its workers: they inherit the directory
     uvicorn.run(
         "services.api.app:create_app",
         factory=True,
@@ -18,7 +18,7 @@ def main() -> None:
         port=settings.api_port,
         workers=settings.api_workers,
         access_log=settings.api_access_log,
-        log_level="info",
+        log_config=logging_config(settings, role="api"),  # applied in every worker process too
     )
 
 

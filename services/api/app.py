@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session
 from services.api.auth import KeyRing, load_key_ring
 from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
+from services.api.limits import TenantLimiter
+from services.api.metrics import RequestMetrics, api_metrics_registry
+from services.api.metrics import router as metrics_router
 from services.api.routes import health, indexes, jobs, models, uploads, webhooks
 from services.api.schemas import JobCreate
 from services.api.submitter import JobSubmitter
@@ -55,9 +58,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.store = open_store(settings.resolved_storage_url)
     app.state.celery = create_celery(settings, name="vlmq-api")
     app.state.catalog = ModelCatalog.from_settings(settings)
+    app.state.limiter = TenantLimiter.from_settings(settings)
+    app.state.metrics_registry = api_metrics_registry(settings)
+    app.add_middleware(RequestMetrics)
     install_error_handlers(app)
     for module in (health, jobs, uploads, models, webhooks, indexes):
         app.include_router(module.router)
+    app.include_router(metrics_router)
     app.openapi = lambda: _openapi_with_job_create(app)
     return app
 

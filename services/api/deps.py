@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from services.api.auth import KeyRing
 from services.api.catalog import ModelCatalog
 from services.api.errors import Unauthorized
+from services.api.limits import TenantLimiter
 from services.api.submitter import JobSubmitter
 from services.api.waiting import MAX_WAIT_S, JobWaiter, wait_preference
 from shared.config.settings import ApiSettings
@@ -62,6 +63,13 @@ async def get_catalog(request: Request) -> ModelCatalog:
 
 
 CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
+
+
+async def get_limiter(request: Request) -> TenantLimiter:
+    return request.app.state.limiter
+
+
+LimiterDep = Annotated[TenantLimiter, Depends(get_limiter)]
 
 
 async def get_tenant(

@@ -17,6 +17,7 @@ log = logging.getLogger("vlmq.api")
 class ApiError(Exception):
     status_code = 400
     code = "bad_request"
+    headers: dict[str, str] | None = None  # response headers that belong to the error (Retry-After)
 
     def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -61,6 +62,17 @@ class InvalidMedia(ApiError):
     status_code, code = 422, "invalid_media"
 
 
+class TooManyRequests(ApiError):
+    """429: a limit of the tenant's (services.api.limits); ``Retry-After`` says when to try again."""
+
+    status_code, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, code=code, details=details)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
 class DependencyDown(ApiError):
     status_code, code = 503, "dependency_unavailable"
 
@@ -79,7 +91,7 @@ _STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else error.headers
         return JSONResponse(error_body(error.code, error.message, error.details), error.status_code, headers)
 
     @app.exception_handler(RequestValidationError)

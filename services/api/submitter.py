@@ -51,6 +51,7 @@ from shared.db.engine import get_engine, session_scope
 from shared.db.media_rows import insert_media_ignoring_duplicates
 from shared.jobs import JobStatus, StaleTransition, fail_job
 from shared.media import PendingUrl, StoredMedia
+from shared.metrics import record
 from shared.queue import route_for
 
 log = logging.getLogger("vlmq.api")
@@ -135,6 +136,8 @@ class JobSubmitter:
                 if not item.done.done():
                     item.done.set_exception(DatabaseDown("the database is not reachable; the job was not created"))
             return
+        for item in created:
+            record.job_created(item.rows[0]["task"], item.rows[0]["model"])
         # Only now: the job a replay names may be a row of this very batch, visible once committed.
         for item, outcome in replays:
             if isinstance(outcome, ApiError):

@@ -6,9 +6,11 @@ from celery.signals import worker_ready
 
 from shared.config.settings import get_notifier_settings
 from shared.queue import DELIVER_TASK, NOTIFY_QUEUE, create_celery
+from shared.queue.worker_hooks import install_worker_hooks
 
 settings = get_notifier_settings()
 app = create_celery(settings, name="vlmq-notifier", queues=[NOTIFY_QUEUE])
+install_worker_hooks(settings, role="notifier")
 
 
 @worker_ready.connect

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,8 +16,16 @@ from sqlalchemy.orm import Session
 from shared.config.settings import NotifierSettings
 from shared.db.engine import session_scope
 from shared.db.models import Delivery, DeliveryAttempt, WebhookEndpoint, utcnow
+from shared.logs import about_job
+from shared.metrics import record
 from shared.net import OutboundRefused, send
-from shared.webhooks import delay_before_attempt, is_retryable, secret_for, signature_header, signing_secrets
+from shared.webhooks import (
+    delay_before_attempt,
+    is_retryable,
+    secret_for,
+    signature_header,
+    signing_secrets,
+)
 
 log = logging.getLogger("vlmq.notifier")
 TIMEOUT_S = 10.0  # API.md
@@ -40,6 +49,14 @@ def deliver(delivery_id: str, *, settings: NotifierSettings) -> str | None:
             return None
         attempt, url, payload, tenant_id = claimed
         secrets_ = signing_secrets(secret_for(session, tenant_id))
+    about = payload["data"].get("id") if payload["type"].startswith("job.") else None
+    with about_job(about) if about else nullcontext():
+        return _attempt(delivery_id, attempt, url, payload, secrets_, settings)
+
+
+def _attempt(delivery_id: str, attempt: int, url: str, payload: dict, secrets_: list[str],
+             settings: NotifierSettings) -> str | None:
+    database_url = settings.resolved_database_url
     started = utcnow()
     clock = time.perf_counter()
     outcome = _post(delivery_id, url, payload, secrets_, allow_private=settings.allow_private_networks)
@@ -130,7 +147,12 @@ def _settle(session: Session, delivery_id: str, attempt: int, url: str, outcome:
     if settled.rowcount != 1:
         return None  # redelivered meanwhile: the newer attempt decides
     log.info("delivery %s attempt %d to %s: %s", delivery_id, attempt, url, code or outcome.error)
-    return values.get("status", "pending")
+    status = values.get("status", "pending")
+    record.webhook_attempt("disabled" if code == 410 else _OUTCOMES[status])
+    return status
+
+
+_OUTCOMES = {"succeeded": "delivered", "pending": "retrying", "failed": "failed"}
 
 
 def _disable_endpoint(session: Session, delivery_id: str, url: str, now) -> None:

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -60,6 +60,21 @@ class CommonSettings(BaseSettings):
     media_fetch_timeout_s: float = Field(default=300.0, gt=0, description="Longest a media URL may take to fetch.")
     max_video_duration_s: float = Field(default=4 * 3600.0, gt=0, description="Longest video a job may sample.")
     max_video_side: int = Field(default=8192, gt=0, description="Widest or tallest video frame, in pixels.")
+    # Operations: logs and metrics, the same for every process role.
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line, with job_id on every line about a job."
+    )
+    log_level: str = Field(default="INFO", description="Python logging level of vlmq's own loggers.")
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="prometheus-client's multiprocess directory (forked workers, several API processes): "
+        "empty at start, private to one pod or host. Default: a fresh temporary directory per process tree.",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Celery workers (inference, frames, notifier): serve /metrics and /healthz on this port. "
+        "The API serves both on its own port.",
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -107,6 +122,15 @@ class CommonSettings(BaseSettings):
         return self
 
 
+class TenantLimits(BaseModel):
+    """One tenant's overrides of the API's job-creation limits; a field left out keeps the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs_per_minute: int | None = Field(default=None, ge=0, description="0: no rate limit for this tenant.")
+    max_queued_jobs: int | None = Field(default=None, ge=0, description="0: no cap for this tenant.")
+
+
 class ApiSettings(CommonSettings):
     """The ingest API."""
 
@@ -118,6 +142,19 @@ class ApiSettings(CommonSettings):
     upload_url_ttl_s: int = 3600
     public_url: str | None = Field(
         default=None, description="Base URL clients use to reach the API (for local-storage upload URLs)."
+    )
+    # Per-tenant limits on job creation (services.api.limits); 0 turns a limit off.
+    jobs_per_minute: int = Field(
+        default=600, ge=0,
+        description="Jobs (and video indexes) a tenant may create per minute, over a sliding minute; "
+        "0: unlimited. Counted in the broker's Redis when it is Redis, so all API processes share it.",
+    )
+    max_queued_jobs: int = Field(
+        default=10_000, ge=0, description="Jobs a tenant may have waiting in status queued; 0: unlimited."
+    )
+    tenant_limits: dict[str, TenantLimits] = Field(
+        default_factory=dict,
+        description='Per-tenant overrides, JSON: {"acme": {"jobs_per_minute": 60, "max_queued_jobs": 100}}.',
     )
 
     @model_validator(mode="after")
@@ -150,6 +187,11 @@ class WorkerSettings(CommonSettings):
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
+    shutdown_drain_s: float = Field(
+        default=60.0, ge=0,
+        description="On SIGTERM the worker takes no new job and gives running ones this long to finish; "
+        "past it, they are handed back to the queue (another worker runs them from the start).",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_well_inside_the_lease(self) -> WorkerSettings:

@@ -97,6 +97,8 @@ class Job(Base):
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
         Index("ux_jobs_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True),
+        # The queued-jobs cap (services.api.limits) counts a tenant's queued jobs.
+        Index("ix_jobs_tenant_id_status", "tenant_id", "status"),
     )
 
     # Ids sort by creation time (see shared.ids), so "newest first" is ORDER BY id DESC.

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from shared.db.models import Job, JobResult, utcnow
 from shared.jobs.errors import JobNotFound, StaleTransition
 from shared.jobs.states import ALLOWED_TRANSITIONS, JobStatus
+from shared.metrics import record
 from shared.webhooks.events import record_job_event
 
 
@@ -137,6 +138,7 @@ def cancel_job(session: Session, job_id: str) -> JobStatus:
         },
     )
     record_job_event(session, job_id, "job.canceled")
+    _count_finished(session, job_id, JobStatus.canceled)
     return from_status
 
 
@@ -182,6 +184,7 @@ def finish_job(session: Session, job_id: str, *, attempt: int, result: dict[str,
     )
     session.add(JobResult(job_id=job_id, attempt=attempt, result=result))
     record_job_event(session, job_id, "job.succeeded", result=result)
+    _count_finished(session, job_id, JobStatus.succeeded)
 
 
 def fail_job(
@@ -203,3 +206,11 @@ def fail_job(
         values={"finished_at": utcnow(), "error": {"code": code, "message": message}, "lease_expires_at": None},
     )
     record_job_event(session, job_id, "job.failed")
+    _count_finished(session, job_id, JobStatus.failed)
+
+
+def _count_finished(session: Session, job_id: str, outcome: JobStatus) -> None:
+    """Counted by the process whose transition ended the job: exactly once per job, since only one
+    compare-and-set can win (a rolled-back transaction may overcount by one; it never undercounts)."""
+    job = session.get(Job, job_id)
+    record.job_finished(job.task, job.model, outcome.value)

@@ -8,8 +8,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,6 +137,7 @@ class Stack:
     api_url: str
     data_dir: Path
     processes: list[ManagedProcess] = field(default_factory=list)
+    metrics_urls: dict[str, str] = field(default_factory=dict)  # worker name → its /metrics server
 
     @classmethod
     def start(cls, env: dict[str, str], data_dir: Path, *, with_worker: bool = True) -> Stack:
@@ -148,7 +149,7 @@ class Stack:
             ManagedProcess("api", [sys.executable, "-m", "services.api"], env, data_dir / "api.log").start()
         )
         if with_worker:
-            stack.add_worker("worker")
+            stack.add_worker("worker", metrics=True)
             stack.processes.append(stack._celery("notifier", "services.notifier.app", pool="threads", concurrency=2))
             stack.processes.append(stack._celery("frames", "workers.frames.celery_app", pool="prefork", concurrency=1))
         try:
@@ -158,26 +159,24 @@ class Stack:
             raise RuntimeError(f"API did not start:\n{stack.processes[0].log_tail()}") from None
         return stack
 
-    def _celery(self, name: str, app: str, *, pool: str, concurrency: int) -> ManagedProcess:
+    def _celery(self, name: str, app: str, *, pool: str, concurrency: int, metrics: bool = True,
+                **env_overrides: str) -> ManagedProcess:
+        """A Celery worker; with ``metrics``, its /metrics and /healthz on a port of its own."""
         command = [
             sys.executable, "-m", "celery", "-A", app, "worker", "--concurrency", str(concurrency), "--pool", pool,
             "-n", f"{name}-{self.env['VLMQ_API_PORT']}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ]
-        return ManagedProcess(name, command, self.env, self.data_dir / f"{name}.log").start()
+        env = {**self.env, **env_overrides}
+        if metrics:
+            port = free_port()
+            env["VLMQ_METRICS_PORT"] = str(port)
+            self.metrics_urls[name] = f"http://127.0.0.1:{port}"
+        return ManagedProcess(name, command, env, self.data_dir / f"{name}.log").start()
 
-    def add_worker(self, name: str, **env_overrides: str) -> ManagedProcess:
-        """Another inference worker process (one pool process) against the same services."""
-        worker = ManagedProcess(
-            name,
-            [
-                sys.executable, "-m", "celery", "-A", "workers.inference.celery_app", "worker",
-                "--concurrency", "1", "--pool", "prefork",
-                "-n", f"{name}-{self.env['VLMQ_API_PORT']}@%h", "--loglevel", "INFO", "--without-gossip",
-                "--without-mingle",
-            ],
-            {**self.env, **env_overrides},
-            self.data_dir / f"{name}.log",
-        ).start()
+    def add_worker(self, name: str, *, concurrency: int = 1, metrics: bool = False, **env_overrides: str) -> ManagedProcess:
+        """Another inference worker process against the same services."""
+        worker = self._celery(name, "workers.inference.celery_app", pool="prefork", concurrency=concurrency,
+                              metrics=metrics, **env_overrides)
         self.processes.append(worker)
         return worker
 
@@ -306,3 +305,26 @@ class PostgresServer:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
+
+
+@contextmanager
+def isolated_stack(base_env: dict[str, str], data_dir: Path, *, with_worker: bool = True,
+                   **env: str) -> Iterator[Stack]:
+    """A stack of a test module's own: a fresh migrated PostgreSQL database and a Redis server that
+    nothing else uses (``stack.redis``, ``stack.database_url``), with ``env`` over ``base_env``."""
+    redis_server = RedisServer(data_dir / "redis").start()
+    name, database_url = create_database()
+    try:
+        migrate(database_url)
+        stack = Stack.start(
+            {**base_env, "VLMQ_DATABASE_URL": database_url, "VLMQ_BROKER_URL": redis_server.url, **env},
+            data_dir, with_worker=with_worker,
+        )
+        stack.redis, stack.database_url = redis_server, database_url
+        try:
+            yield stack
+        finally:
+            stack.stop()
+    finally:
+        redis_server.stop()
+        drop_database(name)

@@ -18,6 +18,7 @@ from shared.queue import (
     queue_for,
     route_for,
 )
+from shared.queue.worker_hooks import install_worker_hooks
 from shared.storage import open_store
 from workers.frames.indexing import RetryVideoLater, index_video
 from workers.frames.prepare import RetryLater, prepare_job
@@ -25,6 +26,7 @@ from workers.frames.prepare import RetryLater, prepare_job
 log = logging.getLogger("vlmq.frames")
 settings = get_frames_settings()
 app = create_celery(settings, name="vlmq-frames", queues=[FRAMES_QUEUE])
+install_worker_hooks(settings, role="frames")
 
 
 def _hand_on(job_id: str, task: str, model_id: str) -> None:

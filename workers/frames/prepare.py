@@ -23,6 +23,7 @@ from shared.jobs import (
     record_fetched_input,
     record_prepared_frames,
 )
+from shared.logs import about_job
 from shared.media import StoredMedia
 from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
 from shared.storage import ObjectStore, StorageError, frames_key, put_bytes
@@ -41,6 +42,11 @@ class RetryLater(Exception):
 def prepare_job(job_id: str, *, settings: FramesSettings, store: ObjectStore, hand_on: HandOn,
                 last_try: bool = True) -> str:
     """Returns what happened: ``prepared``, ``handed_on`` (it had frames), ``skipped`` or ``failed``."""
+    with about_job(job_id):
+        return _prepare(job_id, settings, store, hand_on, last_try)
+
+
+def _prepare(job_id: str, settings: FramesSettings, store: ObjectStore, hand_on: HandOn, last_try: bool) -> str:
     database_url = settings.resolved_database_url
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)

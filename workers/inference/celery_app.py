@@ -14,8 +14,11 @@ from celery.signals import worker_process_init, worker_ready
 
 from shared.config.settings import get_worker_settings
 from shared.jobs.states import JobTask
+from shared.metrics import record
 from shared.queue import CAPTION_SEGMENTS_TASK, create_celery, queue_for, task_name_for
+from shared.queue.worker_hooks import install_worker_hooks
 from shared.storage import StorageError, open_store
+from workers.inference.drain import drain_on_shutdown, handing_back
 from workers.inference.execute import execute_job
 from workers.inference.failures import JobFailure
 from workers.inference.indexing import caption_segments
@@ -23,6 +26,8 @@ from workers.inference.indexing import caption_segments
 log = logging.getLogger("vlmq.worker")
 settings = get_worker_settings()
 app = create_celery(settings, name="vlmq-inference", models=settings.served_models)
+install_worker_hooks(settings, role="inference")
+drain_on_shutdown(settings.shutdown_drain_s)
 
 _runtimes: dict = {}
 _load_errors: dict[str, str] = {}
@@ -66,7 +71,9 @@ def _run_batch(model_id: str, requests, should_stop):
     if model_id not in _runtimes:
         reason = _load_errors.get(model_id, "this worker does not serve it")
         raise JobFailure("model_unavailable", f"model {model_id!r} could not be loaded: {reason}"[:500])
-    return _runtimes[model_id].run(requests, should_stop)
+    results = _runtimes[model_id].run(requests, should_stop)
+    record.batch_ran(model_id, results)
+    return results
 
 
 def _retry_later(job_id: str, task: str, model_id: str, delay_s: float) -> None:
@@ -76,7 +83,7 @@ def _retry_later(job_id: str, task: str, model_id: str, delay_s: float) -> None:
 def _run(job_id: str) -> str | None:
     return execute_job(
         job_id, settings=settings, store=open_store(settings.resolved_storage_url), run_batch=_run_batch,
-        retry_later=_retry_later,
+        retry_later=_retry_later, handing_back=handing_back,
     )
 
 

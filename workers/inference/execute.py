@@ -25,6 +25,8 @@ from shared.jobs import (
     start_job,
 )
 from shared.jobs.states import RUNNABLE_TASKS
+from shared.logs import about_job
+from shared.metrics import record
 from shared.storage import ObjectStore
 from workers.inference.failures import AttemptStopped, JobFailure, TransientFailure
 from workers.inference.lease import LeaseHeartbeat
@@ -87,10 +89,18 @@ RunBatch = Callable[[str, list[GenerationRequest], Callable[[], bool]], list[Gen
 
 
 def execute_job(
-    job_id: str, *, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch, retry_later: RetryLater | None = None
+    job_id: str, *, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch, retry_later: RetryLater | None = None,
+    handing_back: Callable[[], bool] = lambda: False,
 ) -> str | None:
     """Returns the job's final status, or None when this delivery had nothing to do (a duplicate,
-    or an attempt that lost its lease to a cancel or a requeue)."""
+    or an attempt that lost its lease to a cancel or a requeue). ``handing_back`` turns true when
+    the worker is shutting down and the job must go back to the queue (``workers.inference.drain``)."""
+    with about_job(job_id):
+        return _execute(job_id, settings, store, run_batch, retry_later, handing_back)
+
+
+def _execute(job_id: str, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch,
+             retry_later: RetryLater | None, handing_back: Callable[[], bool]) -> str | None:
     database_url = settings.resolved_database_url
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)
@@ -106,6 +116,16 @@ def execute_job(
     heartbeat = LeaseHeartbeat(
         database_url, job_id, attempt, lease_s=settings.lease_s, interval_s=settings.heartbeat_s, deadline_s=timeout_s
     )
+    stopped_to_hand_back: list[bool] = []
+
+    def stop_when() -> bool:
+        if heartbeat.should_stop():
+            return True
+        if retry_later is not None and handing_back():
+            stopped_to_hand_back.append(True)
+            return True
+        return False
+
     with heartbeat, session_scope(database_url) as session:
         job = session.get(Job, job_id)
         try:
@@ -113,15 +133,17 @@ def execute_job(
                 raise JobFailure("unsupported_task", f"this deployment cannot run {job.task} jobs yet")
             try:
                 items = fetch_pending_urls(session, job, attempt, store=store, settings=settings,
-                                           should_stop=heartbeat.should_stop)
+                                           should_stop=stop_when)
                 if JobTask(job.task).is_video:
                     video = load_video_frames(job, items, store=store, settings=settings)
                     request = _request_for(job, [], frames=video.tiles)
                 else:
                     video, request = None, _request_for(job, load_images(store, items))
-                (result,) = run_batch(job.model, [request], heartbeat.should_stop)
+                (result,) = run_batch(job.model, [request], stop_when)
             except AttemptStopped:
                 result = None
+            if stopped_to_hand_back and not heartbeat.lost.is_set():  # a cut-short result is worthless
+                return _hand_back(session, job, attempt, retry_later)
             if heartbeat.lost.is_set():  # canceled or requeued while running: this attempt writes nothing
                 done = f"after {result.output_tokens} tokens" if result is not None else "before generating"
                 log.info("job %s attempt %d stopped %s: lease lost", job_id, attempt, done)
@@ -149,8 +171,21 @@ def execute_job(
             log.info("job %s attempt %d finished after losing its lease: result rejected", job_id, attempt)
             return None
         session.commit()
+        record.job_stages(job.task, job.model, body["timings_ms"])
         discard_prepared_frames(store, job)
         return JobStatus.succeeded.value
+
+
+def _hand_back(session, job: Job, attempt: int, retry_later: RetryLater) -> str | None:
+    """The worker is shutting down: back to queued, published again at once for another worker."""
+    try:
+        requeue_job(session, job.id, attempt=attempt)
+    except StaleTransition:
+        return None
+    session.commit()
+    log.info("job %s attempt %d handed back: the worker is shutting down", job.id, attempt)
+    retry_later(job.id, job.task, job.model, 0.0)
+    return JobStatus.queued.value
 
 
 def _retry(session, job: Job, attempt: int, failure: TransientFailure, settings: WorkerSettings,

@@ -39,11 +39,12 @@ class LeaseHeartbeat:
             try:
                 with session_scope(self.database_url) as session:
                     if not renew_lease(session, self.job_id, attempt=self.attempt, lease_s=self.lease_s):
-                        log.info("job %s attempt %d lost its lease (canceled or requeued)", self.job_id, self.attempt)
+                        log.info("job %s attempt %d lost its lease (canceled or requeued)", self.job_id, self.attempt,
+                                 extra={"job_id": self.job_id})
                         self.lost.set()
                         return
             except Exception:  # a database hiccup: try again next beat; the lease has slack for it
-                log.warning("lease renewal of job %s failed", self.job_id, exc_info=True)
+                log.warning("lease renewal of job %s failed", self.job_id, exc_info=True, extra={"job_id": self.job_id})
 
     def __enter__(self) -> LeaseHeartbeat:
         self._thread.start()

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import CatalogDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from services.api.deps import (
+    CatalogDep,
+    LimiterDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    TenantDep,
+)
 from services.api.errors import Conflict, NotFound, ValidationFailed
 from services.api.indexes import (
     all_segments,
@@ -60,9 +67,13 @@ _BODY_DOC = {
 INDEX_SCHEMAS = (VideoIndexCreate,)  # components the documented body refers to (see app.py)
 
 
-@router.post("", status_code=202, response_model=VideoIndexPublic, openapi_extra=_BODY_DOC)
+@router.post("", status_code=202, response_model=VideoIndexPublic, openapi_extra=_BODY_DOC, responses={
+    429: {"model": ErrorPublic, "description": "`rate_limited`: an index counts as one of the tenant's jobs per "
+          "minute; `Retry-After` says when to try again."},
+})
 async def create(request: Request, response: Response, tenant: TenantDep, settings: SettingsDep,
-                 catalog: CatalogDep, session: SessionDep) -> VideoIndexPublic:
+                 catalog: CatalogDep, session: SessionDep, limiter: LimiterDep) -> VideoIndexPublic:
+    await limiter.admit_index(tenant_id=tenant)
     body = await read_index_request(request)
     model_id = catalog.resolve(body.model)
     index = await run_in_threadpool(

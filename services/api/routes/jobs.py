@@ -12,6 +12,7 @@ from services.api.creation import create_job_from_request
 from services.api.deps import (
     CatalogDep,
     IdempotencyKeyDep,
+    LimiterDep,
     SessionDep,
     SettingsDep,
     StorageDep,
@@ -57,6 +58,8 @@ _BODY_DOC = {
 
 
 _NOT_FOUND = {404: {"model": ErrorPublic, "description": "No such job for this API key's tenant."}}
+_RATE_LIMITED = {"model": ErrorPublic, "description": "`rate_limited` (the tenant's jobs per minute) or "
+                 "`too_many_queued_jobs` (its cap on queued jobs); `Retry-After` says when to try again."}
 
 
 @router.post(
@@ -71,6 +74,7 @@ _NOT_FOUND = {404: {"model": ErrorPublic, "description": "No such job for this A
             "ended while `Prefer: wait` held the response.",
         },
         409: {"model": ErrorPublic, "description": "`idempotency_key_reused`: the key came with another body."},
+        429: _RATE_LIMITED,
     },
 )
 async def create_job(
@@ -83,8 +87,10 @@ async def create_job(
     catalog: CatalogDep,
     waiter: WaiterDep,
     wait_s: WaitSecondsDep,
+    limiter: LimiterDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobPublic:
+    await limiter.admit_job(tenant_id=tenant, idempotency_key=idempotency_key)
     created = await create_job_from_request(
         request, tenant_id=tenant, idempotency_key=idempotency_key,
         settings=settings, store=store, submitter=submitter, catalog=catalog,
