@@ -118,9 +118,35 @@ def test_the_api_has_probes_an_autoscaler_a_disruption_budget_and_an_optional_in
     assert of_kind(render(), "Ingress") == []
 
 
+def test_celery_pods_serve_metrics_and_health_and_workers_drain_inside_their_grace_period():
+    docs = render(production_values())
+    celery_pods = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] != "prod-vlmq-api"]
+    assert {d["metadata"]["name"] for d in celery_pods} >= {"prod-vlmq-notifier", "prod-vlmq-frames"}
+    for deployment in celery_pods:
+        template = deployment["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        env = {item["name"]: item["value"] for item in container.get("env", [])}
+        # then Prometheus finds the pod, whose main process serves /metrics and /healthz on one port
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == env["VLMQ_METRICS_PORT"] == "9100"
+        assert container["ports"] == [{"name": "metrics", "containerPort": 9100}]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        # and pool processes share their samples through an emptyDir
+        mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+        assert mounts["metrics"] == env["VLMQ_METRICS_DIR"]
+        if "-worker-" in deployment["metadata"]["name"]:
+            # and a GPU worker hands its jobs back well before Kubernetes would kill it
+            grace = template["spec"]["terminationGracePeriodSeconds"]
+            assert 0 < float(env["VLMQ_SHUTDOWN_DRAIN_S"]) <= grace - 30
+
+
 def test_every_setting_the_config_map_sets_is_a_vlmq_setting():
     known = {f"VLMQ_{name.upper()}" for name in CommonSettings.model_fields}
-    from shared.config.settings import ApiSettings, FramesSettings, NotifierSettings, WorkerSettings
+    from shared.config.settings import (
+        ApiSettings,
+        FramesSettings,
+        NotifierSettings,
+        WorkerSettings,
+    )
 
     for settings_class in (ApiSettings, WorkerSettings, NotifierSettings, FramesSettings):
         known |= {f"VLMQ_{name.upper()}" for name in settings_class.model_fields}
@@ -144,6 +170,7 @@ BAD_VALUES = [
     ("an API port below 1024", {"api": {"port": 80}}),
     ("a settings key with the prefix", {"settings": {"VLMQ_ENV": "production"}}),
     ("no workers at all", {"workers": []}),
+    ("a metrics port below 1024", {"metrics": {"port": 80}}),
 ]
 
 

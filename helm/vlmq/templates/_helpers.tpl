@@ -51,3 +51,33 @@ securityContext:
 "helm.sh/hook-weight": "-1"
 "helm.sh/hook-delete-policy": before-hook-creation
 {{- end -}}
+
+{{/* Prometheus finds every pod by these annotations: /metrics on the API's port, on metrics.port
+     for Celery workers (each pod is scraped on its own; queue depths come from the API only). */}}
+{{- define "vlmq.scrapeAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end -}}
+
+{{/* A Celery worker container's metrics and health: served by its main process on metrics.port,
+     samples of its pool processes shared through an emptyDir. Indented by the caller. */}}
+{{- define "vlmq.workerOps" -}}
+ports:
+  - {name: metrics, containerPort: {{ .Values.metrics.port }}}
+livenessProbe:
+  httpGet: {path: /healthz, port: metrics}
+  initialDelaySeconds: 10
+  periodSeconds: 20
+  failureThreshold: 3
+{{- end -}}
+
+{{- define "vlmq.workerOpsEnv" -}}
+- {name: VLMQ_METRICS_PORT, value: {{ .Values.metrics.port | quote }}}
+- {name: VLMQ_METRICS_DIR, value: /var/run/vlmq-metrics}
+{{- end -}}
+
+{{- define "vlmq.metricsVolume" -}}
+- name: metrics
+  emptyDir: {medium: Memory, sizeLimit: 64Mi}
+{{- end -}}
