@@ -16,7 +16,7 @@ from shared.queue import create_celery, queue_for, task_name_for
 from tests.support.media import png_bytes, submit, wait_for_job
 from tests.support.media_server import MediaServer, Reply
 from tests.support.receiver import Receiver
-from tests.support.services import wait_until
+from tests.support.services import isolated_stack, wait_until
 
 CAPTION = {"task": "caption", "options": {"max_new_tokens": 4}}
 
@@ -161,3 +161,23 @@ def test_the_queue_depth_metric_is_the_redis_list_length_keda_reads(broker_url):
     assert [(sample.labels, sample.value) for sample in family.samples] == [({"queue": queue_for(model)}, 5.0)]
     assert client.llen(queue_for(model)) == 5
     client.delete(queue_for(model))
+
+
+def test_several_api_processes_serve_one_set_of_metrics(stack_env, tmp_path_factory):
+    # given an API of two server processes (uvicorn workers) sharing one multiprocess directory
+    with isolated_stack(stack_env, tmp_path_factory.mktemp("api-workers"), with_worker=False,
+                        VLMQ_API_WORKERS="2") as api:
+        # when it answers many requests, on fresh connections, so both processes take some
+        for _ in range(60):
+            assert httpx.get(f"{api.api_url}/healthz", timeout=10).status_code == 200
+        served_by = {line["process"] for line in _log_lines(api.data_dir / "api.log")
+                     if line["logger"] == "uvicorn.access" and "/healthz" in line["message"]}
+        # then whichever process is scraped counts all of them
+        for _ in range(4):
+            samples = scrape(f"{api.api_url}/metrics")
+            assert value(samples, "vlmq_http_requests_total", method="GET", route="/healthz", status="200") == 60
+    assert len(served_by) == 2, served_by
+
+
+def _log_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
