@@ -111,7 +111,7 @@ def test_first_step_logits_and_greedy_tokens_match_upstream(runtimes, model_id, 
     assert (logits - expected).abs().max().item() <= LOGIT_TOLERANCE
 
     # and vlmq's own generation path (KV cache, stop token) produces upstream's greedy tokens
-    (result,) = runtime._generate([prepared])
+    (result,) = runtime._generate([prepared], [None])
     stop = case["stop_index"]
     assert result.token_ids == (case["greedy_tokens"] if stop is None else case["greedy_tokens"][: stop + 1])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import defaultdict
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
+from workers.inference.runtime.batching import RowLimits, sampling_arguments
 from workers.inference.runtime.checkpoint import CheckpointInfo, read_checkpoint
 from workers.inference.runtime.grounding import parse_boxes
 from workers.inference.runtime.loading import LoadOptions, load_model, load_tokenizer
@@ -40,16 +41,6 @@ def _with_fewer_tiles(request: GenerationRequest) -> GenerationRequest:
         max_tiles=max(1, request.max_tiles // 2),
         max_tiles_total=max(1, request.max_tiles_total // 2) if request.max_tiles_total else None,
     )
-
-
-class _PollStop(StoppingCriteria):
-    """Ends every sequence of the batch once ``should_stop()`` says so (a safe point: between steps)."""
-
-    def __init__(self, should_stop: Callable[[], bool]):
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -113,63 +104,99 @@ class InternVLRuntime:
         return _Prepared(request, text, pixel_values, len(request.frames), (time.perf_counter() - started) * 1000)
 
     def run(self, requests: list[GenerationRequest], should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
-        """``should_stop`` is polled between decode steps: the jobs were canceled or lost their lease,
-        or ran out of time; generation then ends early and the caller discards the results."""
-        prepared = [self.prepare(request) for request in requests]
-        results: list[GenerationResult | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            groups[request.sampling_key()].append(index)
-        for indices in groups.values():
-            batch = [prepared[i] for i in indices]
-            for index, result in zip(indices, self._generate_fitting(batch, should_stop), strict=True):
-                results[index] = result
-        return results  # type: ignore[return-value]
+        """Every request's result, in order; the first request that fails raises. ``should_stop`` is
+        polled between decode steps for all of them (see ``run_isolated``)."""
+        outcomes = self.run_isolated(requests, [should_stop] * len(requests))
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
 
-    def _generate_fitting(self, batch: list[_Prepared], should_stop) -> list[GenerationResult]:
-        """Out of GPU memory: free the cache and try again with half the tiles per image (the
-        thumbnail-only single tile at the least), a bounded number of times."""
-        for retry in range(OOM_RETRIES + 1):
+    def run_isolated(self, requests: list[GenerationRequest],
+                     stops: list[Callable[[], bool] | None]) -> list[GenerationResult | Exception]:
+        """The requests as one batch, each with its own token limit, sampling and stop signal
+        (``stops[i]``: canceled, lease lost, time out, shutting down; the row ends at the next decode
+        step, the others go on). A request that breaks its preprocessing or the model fails alone:
+        its outcome is the exception, its batch-mates still get their results."""
+        outcomes: list[GenerationResult | Exception | _Prepared] = []
+        for request in requests:
             try:
-                return self._generate(batch, should_stop)
+                outcomes.append(self.prepare(request))
+            except Exception as error:  # bad pixels, a prompt the template refuses: this request only
+                outcomes.append(error)
+        ready = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, _Prepared)]
+        if ready:
+            batch = [outcomes[index] for index in ready]
+            for index, outcome in zip(ready, self._generate_isolated(batch, [stops[i] for i in ready]), strict=True):
+                outcomes[index] = outcome
+        return outcomes  # type: ignore[return-value]
+
+    def _generate_isolated(self, batch: list[_Prepared], stops) -> list[GenerationResult | Exception]:
+        try:
+            return self._generate_fitting(batch, stops)
+        except Exception as error:
+            if len(batch) == 1:
+                return [error]
+            log.warning("a batch of %d failed (%s: %s): running its requests one at a time",
+                        len(batch), type(error).__name__, error)
+            return [self._generate_isolated([item], [stop])[0] for item, stop in zip(batch, stops, strict=True)]
+
+    def _generate_fitting(self, batch: list[_Prepared], stops) -> list[GenerationResult]:
+        """Out of GPU memory: a batch is split in two and each half tried again; a single request
+        is tried again with half the tiles per image (the thumbnail-only single tile at the least),
+        a bounded number of times."""
+        try:
+            return self._generate(batch, stops)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(batch) == 1:
+                return self._generate_with_fewer_tiles(batch[0], stops[0])
+            half = len(batch) // 2
+            log.warning("out of GPU memory with a batch of %d: splitting it", len(batch))
+            return self._generate_fitting(batch[:half], stops[:half]) + self._generate_fitting(batch[half:], stops[half:])
+
+    def _generate_with_fewer_tiles(self, item: _Prepared, stop) -> list[GenerationResult]:
+        for retry in range(OOM_RETRIES):
+            if item.request.max_tiles <= 1:
+                break
+            item = self.prepare(_with_fewer_tiles(item.request))
+            log.warning("out of GPU memory: retrying with at most %d tiles per image", item.request.max_tiles)
+            try:
+                return self._generate([item], [stop])
             except torch.OutOfMemoryError:
-                smallest = all(item.request.max_tiles <= 1 for item in batch)
-                if retry == OOM_RETRIES or smallest:
-                    raise
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                batch = [self.prepare(_with_fewer_tiles(item.request)) for item in batch]
-                log.warning("out of GPU memory: retrying with at most %d tiles per image", batch[0].request.max_tiles)
-        raise AssertionError("unreachable")
+                if retry == OOM_RETRIES - 1:
+                    raise
+        raise torch.OutOfMemoryError("out of GPU memory even with 1 tile per image")
 
     @torch.inference_mode()
-    def _generate(self, batch: list[_Prepared], should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
+    def _generate(self, batch: list[_Prepared], stops) -> list[GenerationResult]:
         started = time.perf_counter()
         encoded = self.tokenizer([item.text for item in batch], return_tensors="pt", padding=True).to(self.device)
         arrays = [item.pixel_values for item in batch if item.pixel_values is not None]
         # Text-only batches pass no pixel_values at all: the native model would try to encode None.
         media = {"pixel_values": torch.from_numpy(np.concatenate(arrays)).to(self.device, self.dtype)} if arrays else {}
-        request = batch[0].request
-        sampling = (
-            {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p or 1.0}
-            if request.temperature > 0
-            else {"do_sample": False}
-        )
+        requests = [item.request for item in batch]
+        prompt_length = encoded["input_ids"].shape[1]
+        limits = RowLimits(prompt_length, [request.max_new_tokens for request in requests], stops)
         output = self.model.generate(
             input_ids=encoded["input_ids"],
             attention_mask=encoded["attention_mask"],
             **media,
-            max_new_tokens=request.max_new_tokens,
+            max_new_tokens=max(request.max_new_tokens for request in requests),
             eos_token_id=self.stop_token_id,
-            stopping_criteria=StoppingCriteriaList([_PollStop(should_stop)]) if should_stop else None,
+            stopping_criteria=StoppingCriteriaList([limits]),
             pad_token_id=self.tokenizer.pad_token_id,
-            **sampling,
+            **sampling_arguments(requests),
         )
-        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        new_tokens = output[:, prompt_length:]
         inference_ms = (time.perf_counter() - started) * 1000
+        batch_id = uuid.uuid4().hex[:12]
         results = []
         for row, item in enumerate(batch):
-            tokens = new_tokens[row].tolist()
+            tokens = new_tokens[row].tolist()[: item.request.max_new_tokens]
             if self.stop_token_id in tokens:
                 tokens = tokens[: tokens.index(self.stop_token_id) + 1]
             tokens = [token for token in tokens if token != self.tokenizer.pad_token_id]
@@ -187,6 +214,8 @@ class InternVLRuntime:
                     inference_ms=inference_ms,
                     boxes=self._boxes(item.request, text),
                     token_ids=tokens,
+                    batch_id=batch_id,
+                    batch_size=len(batch),
                 )
             )
         return results

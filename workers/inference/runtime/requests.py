@@ -22,10 +22,6 @@ class GenerationRequest:
     # A video: its sampled frames, each already one 448×448 tile (RGB uint8 H×W×3), in order.
     frames: list = field(default_factory=list)
 
-    def sampling_key(self) -> tuple:
-        """Requests with equal keys can share one ``generate`` call."""
-        return (self.max_new_tokens, self.temperature, self.top_p)
-
 
 @dataclass
 class GenerationResult:
@@ -37,3 +33,5 @@ class GenerationResult:
     inference_ms: float
     boxes: list[dict] | None = None
     token_ids: list[int] = field(default_factory=list)  # generated, up to and including the stop token
+    batch_id: str = ""  # the generate call that produced it, shared by its batch-mates
+    batch_size: int = 1
