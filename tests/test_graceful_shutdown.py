@@ -90,8 +90,8 @@ def _succeeded_once(stack: Stack, client: httpx.Client, receiver: Receiver, ids:
 
 
 def test_a_terminated_worker_finishes_its_running_jobs_and_leaves_the_rest_queued(drain_stack, client, receiver):
-    # given a worker running two jobs at once, with two more waiting behind them
-    worker = drain_stack.add_worker("worker-a", concurrency=2, VLMQ_SHUTDOWN_DRAIN_S="60", **TINY_ONLY)
+    # given a worker running a batch of two jobs, with two more waiting behind them
+    worker = drain_stack.add_worker("worker-a", VLMQ_BATCH_MAX_JOBS="2", VLMQ_SHUTDOWN_DRAIN_S="60", **TINY_ONLY)
     ids = [_chat(client, receiver, tokens=1200) for _ in range(4)]
     wait_until(lambda: _statuses(client, ids[:2]) == ["running"] * 2, timeout_s=90, what="two jobs running")
 

@@ -187,6 +187,17 @@ class WorkerSettings(CommonSettings):
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
+    # Cross-job batching: jobs that arrive together run through the model together.
+    batch_max_jobs: int = Field(default=8, ge=1, le=256, description="Most jobs in one model call.")
+    batch_max_tiles: int = Field(
+        default=96, ge=1, description="Most image tiles (448×448 each, thumbnails and video frames included) in one "
+        "model call; a job over it alone still runs, alone.",
+    )
+    batch_wait_ms: float = Field(
+        default=20.0, gt=0, description="How long the first job of a batch waits for others when the queue is not "
+        "backlogged (a backlog fills a batch at once).",
+    )
+    preprocess_threads: int = Field(default=4, ge=1, description="Jobs of a batch whose media load at once.")
     shutdown_drain_s: float = Field(
         default=60.0, ge=0,
         description="On SIGTERM the worker takes no new job and gives running ones this long to finish; "

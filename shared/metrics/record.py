@@ -24,8 +24,10 @@ def job_stages(task: str, model: str, timings_ms: dict[str, float]) -> None:
 
 
 def batch_ran(model: str, results: Sequence) -> None:
-    """One call of the model: its size and the tokens it read and wrote; GPU memory after it."""
-    series.BATCH_SIZE.labels(model).observe(len(results))
+    """Calls of the model (each result names its call): their sizes, the tokens read and written;
+    GPU memory after them."""
+    for size in {result.batch_id: result.batch_size for result in results}.values():
+        series.BATCH_SIZE.labels(model).observe(size)
     series.GENERATED_TOKENS.labels(model).inc(sum(result.output_tokens for result in results))
     series.PROMPT_TOKENS.labels(model).inc(sum(result.input_tokens for result in results))
     gpu_memory()

@@ -33,6 +33,12 @@ def queue_for(model_id: str) -> str:
     return f"{INFERENCE_QUEUE}.{model_id}"
 
 
+# Every kind of job is run by one Celery task, so the inference worker can batch a queue's jobs
+# together whatever their task (workers/inference/celery_app.py).
+RUN_JOB_TASK = "vlmq.inference.run"
+
+
 def task_name_for(task: JobTask | str) -> str:
-    """The Celery task that runs one kind of job, e.g. ``vlmq.inference.caption``."""
-    return f"vlmq.inference.{JobTask(task).value}"
+    """The Celery task that runs a job of this kind: the same for every kind."""
+    JobTask(task)  # an unknown task is a bug of the caller's
+    return RUN_JOB_TASK

@@ -11,15 +11,16 @@ import logging
 import time
 
 from celery.signals import worker_process_init, worker_ready
+from celery_batches import Batches
 
 from shared.config.settings import get_worker_settings
-from shared.jobs.states import JobTask
 from shared.metrics import record
 from shared.queue import CAPTION_SEGMENTS_TASK, create_celery, queue_for, task_name_for
+from shared.queue.names import RUN_JOB_TASK
 from shared.queue.worker_hooks import install_worker_hooks
 from shared.storage import StorageError, open_store
 from workers.inference.drain import drain_on_shutdown, handing_back
-from workers.inference.execute import execute_job
+from workers.inference.execute import BatchRun
 from workers.inference.failures import JobFailure
 from workers.inference.indexing import caption_segments
 
@@ -27,6 +28,9 @@ log = logging.getLogger("vlmq.worker")
 settings = get_worker_settings()
 app = create_celery(settings, name="vlmq-inference", models=settings.served_models)
 install_worker_hooks(settings, role="inference")
+# One batch's messages at a time per pool process: the next batch forms from what is still queued
+# when this one is acknowledged, and a worker shutting down holds no more than it runs.
+app.conf.worker_prefetch_multiplier = settings.batch_max_jobs
 drain_on_shutdown(settings.shutdown_drain_s)
 
 _runtimes: dict = {}
@@ -65,31 +69,45 @@ def start_reaper(**_kwargs) -> None:
     Reaper(app, settings).start()
 
 
-def _run_batch(model_id: str, requests, should_stop):
+def _runtime_for(model_id: str):
     if not _runtimes and not _load_errors:  # a solo pool has no fork: load on first use
         load_models()
     if model_id not in _runtimes:
         reason = _load_errors.get(model_id, "this worker does not serve it")
         raise JobFailure("model_unavailable", f"model {model_id!r} could not be loaded: {reason}"[:500])
-    results = _runtimes[model_id].run(requests, should_stop)
+    return _runtimes[model_id]
+
+
+def _run_batch(model_id: str, requests, should_stop):
+    """An index's segments: all succeed or the first failure raises."""
+    results = _runtime_for(model_id).run(requests, should_stop)
     record.batch_ran(model_id, results)
     return results
+
+
+def _run_isolated(model_id: str, requests, stops):
+    """Jobs: one outcome (a result or the exception) per request."""
+    outcomes = _runtime_for(model_id).run_isolated(requests, stops)
+    record.batch_ran(model_id, [outcome for outcome in outcomes if not isinstance(outcome, Exception)])
+    return outcomes
 
 
 def _retry_later(job_id: str, task: str, model_id: str, delay_s: float) -> None:
     app.send_task(task_name_for(task), args=[job_id], queue=queue_for(model_id), countdown=delay_s)
 
 
-def _run(job_id: str) -> str | None:
-    return execute_job(
-        job_id, settings=settings, store=open_store(settings.resolved_storage_url), run_batch=_run_batch,
-        retry_later=_retry_later, handing_back=handing_back,
-    )
+@app.task(name=RUN_JOB_TASK, base=Batches, flush_every=settings.batch_max_jobs,
+          flush_interval=settings.batch_wait_ms / 1000, ignore_result=True)
+def run_jobs(requests) -> dict[str, str | None]:
+    """The jobs whose ids arrived within ``VLMQ_BATCH_WAIT_MS`` of each other (at most
+    ``VLMQ_BATCH_MAX_JOBS``; a backlog fills a batch at once), run as batches through the model.
 
-
-# One Celery task per job task; every one carries only the job id.
-for _task in JobTask:
-    app.task(name=task_name_for(_task), ignore_result=True)(_run)
+    celery-batches collects the messages in the worker's main process and hands the list to one
+    pool process, acknowledging every message only after the batch ran (acks late), so a worker
+    that dies mid-batch loses none of them."""
+    job_ids = list(dict.fromkeys(request.args[0] for request in requests))  # a redelivered duplicate runs once
+    run = BatchRun(settings, open_store(settings.resolved_storage_url), _run_isolated, _retry_later, handing_back)
+    return run.execute(job_ids)
 
 
 @app.task(name=CAPTION_SEGMENTS_TASK, ignore_result=True, autoretry_for=(StorageError,), retry_backoff=2,

@@ -1,14 +1,18 @@
-"""Run one job: claim it, load its media, call the runtime, record the outcome.
+"""Run a batch of jobs: claim each, load its media, run them through the model together, record
+each outcome on its own.
 
 Idempotent: a job that is no longer queued (a duplicate delivery, a deleted job) is left alone, and
-every status change is a compare-and-set through ``shared.jobs``.
+every status change is a compare-and-set through ``shared.jobs``. Jobs share only the model call:
+one that fails to load, is canceled, times out or breaks the model ends alone.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -44,6 +48,8 @@ log = logging.getLogger("vlmq.worker")
 
 # Re-publish a job id after a delay: (job_id, task, model, delay_s).
 RetryLater = Callable[[str, str, str, float], None]
+# (model id, requests, one stop signal per request) → one result or exception per request.
+RunBatch = Callable[[str, list[GenerationRequest], list[Callable[[], bool]]], list[GenerationResult | Exception]]
 
 
 def _request_for(job: Job, images: list[Image.Image], *, frames: list | None = None) -> GenerationRequest:
@@ -74,6 +80,8 @@ def _result_body(job: Job, result: GenerationResult, video: VideoFrames | None =
             "inference": round(result.inference_ms, 1),
             "total": round((finished - job.created_at).total_seconds() * 1000, 1),
         },
+        # The model call it shared: how many jobs ran in it (an extension of API.md's result).
+        "batch": {"id": result.batch_id, "size": result.batch_size},
     }
     if result.boxes is not None:
         body["boxes"] = result.boxes
@@ -85,121 +93,223 @@ def _result_body(job: Job, result: GenerationResult, video: VideoFrames | None =
     return body
 
 
-RunBatch = Callable[[str, list[GenerationRequest], Callable[[], bool]], list[GenerationResult]]
+@dataclass
+class _Attempt:
+    """One job's attempt inside a batch: its lease, its request once its media loaded, and what
+    became of it (``done``: its final status was decided, or it had nothing left to do)."""
+
+    job: Job
+    attempt: int
+    heartbeat: LeaseHeartbeat
+    timeout_s: float
+    request: GenerationRequest | None = None
+    video: VideoFrames | None = None
+    outcome: GenerationResult | Exception | None = None
+    done: bool = False
+    status: str | None = None
+    stopped_to_hand_back: list[bool] = field(default_factory=list)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    def end(self, status: str | None) -> None:
+        self.done, self.status = True, status
 
 
-def execute_job(
-    job_id: str, *, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch, retry_later: RetryLater | None = None,
-    handing_back: Callable[[], bool] = lambda: False,
-) -> str | None:
-    """Returns the job's final status, or None when this delivery had nothing to do (a duplicate,
-    or an attempt that lost its lease to a cancel or a requeue). ``handing_back`` turns true when
-    the worker is shutting down and the job must go back to the queue (``workers.inference.drain``)."""
-    with about_job(job_id):
-        return _execute(job_id, settings, store, run_batch, retry_later, handing_back)
+@dataclass
+class BatchRun:
+    settings: WorkerSettings
+    store: ObjectStore
+    run_batch: RunBatch
+    retry_later: RetryLater | None = None
+    handing_back: Callable[[], bool] = lambda: False
 
-
-def _execute(job_id: str, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch,
-             retry_later: RetryLater | None, handing_back: Callable[[], bool]) -> str | None:
-    database_url = settings.resolved_database_url
-    with session_scope(database_url) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status != JobStatus.queued.value:
-            log.info("job %s is %s: nothing to do", job_id, job.status if job else "gone")
-            return None
-        timeout_s = settings.timeout_for(job.task)
+    def execute(self, job_ids: list[str]) -> dict[str, str | None]:
+        """Each job's final status, or None where this delivery had nothing to do (a duplicate, or an
+        attempt that lost its lease to a cancel or a requeue)."""
+        attempts = [attempt for job_id in job_ids if (attempt := self._claim(job_id)) is not None]
+        statuses: dict[str, str | None] = dict.fromkeys(job_ids)
+        for attempt in attempts:
+            attempt.heartbeat.__enter__()
         try:
-            attempt = start_job(session, job_id, seen_attempts=job.attempts, lease_s=settings.lease_s)
-        except StaleTransition:
-            return None
-    log.info("job %s attempt %d started", job_id, attempt)
-    heartbeat = LeaseHeartbeat(
-        database_url, job_id, attempt, lease_s=settings.lease_s, interval_s=settings.heartbeat_s, deadline_s=timeout_s
-    )
-    stopped_to_hand_back: list[bool] = []
+            # Media loads overlap (storage reads, URL fetches, image decoding release the GIL).
+            with ThreadPoolExecutor(max_workers=max(1, min(len(attempts), self.settings.preprocess_threads))) as pool:
+                list(pool.map(self._prepare, attempts))
+            for model_id, batch in _batches(attempts, self.settings):
+                self._generate(model_id, batch)
+            for attempt in attempts:
+                with about_job(attempt.job_id):
+                    self._finish(attempt)
+                statuses[attempt.job_id] = attempt.status
+        finally:
+            for attempt in attempts:
+                attempt.heartbeat.__exit__(None, None, None)
+        return statuses
 
-    def stop_when() -> bool:
-        if heartbeat.should_stop():
-            return True
-        if retry_later is not None and handing_back():
-            stopped_to_hand_back.append(True)
-            return True
-        return False
-
-    with heartbeat, session_scope(database_url) as session:
-        job = session.get(Job, job_id)
-        try:
-            if JobTask(job.task) not in RUNNABLE_TASKS:
-                raise JobFailure("unsupported_task", f"this deployment cannot run {job.task} jobs yet")
-            try:
-                items = fetch_pending_urls(session, job, attempt, store=store, settings=settings,
-                                           should_stop=stop_when)
-                if JobTask(job.task).is_video:
-                    video = load_video_frames(job, items, store=store, settings=settings)
-                    request = _request_for(job, [], frames=video.tiles)
-                else:
-                    video, request = None, _request_for(job, load_images(store, items))
-                (result,) = run_batch(job.model, [request], stop_when)
-            except AttemptStopped:
-                result = None
-            if stopped_to_hand_back and not heartbeat.lost.is_set():  # a cut-short result is worthless
-                return _hand_back(session, job, attempt, retry_later)
-            if heartbeat.lost.is_set():  # canceled or requeued while running: this attempt writes nothing
-                done = f"after {result.output_tokens} tokens" if result is not None else "before generating"
-                log.info("job %s attempt %d stopped %s: lease lost", job_id, attempt, done)
+    def _claim(self, job_id: str) -> _Attempt | None:
+        with about_job(job_id), session_scope(self.settings.resolved_database_url) as session:
+            job = session.get(Job, job_id)
+            if job is None or job.status != JobStatus.queued.value:
+                log.info("job %s is %s: nothing to do", job_id, job.status if job else "gone")
                 return None
-            if heartbeat.timed_out():
-                raise JobFailure("timeout", f"the job ran longer than {timeout_s:g} s")
-            body = _result_body(job, result, video)
-        except StaleTransition:  # the attempt lost the job while recording fetched media
-            session.rollback()
-            return None
-        except TransientFailure as failure:
-            if retry_later is None or attempt >= settings.max_attempts:
-                return _fail(session, job_id, attempt, failure.code, f"{failure.message} (after {attempt} attempts)")
-            return _retry(session, job, attempt, failure, settings, retry_later)
-        except JobFailure as failure:
-            return _fail(session, job_id, attempt, failure.code, failure.message)
-        except torch_out_of_memory() as error:
-            return _fail(session, job_id, attempt, "out_of_memory", f"the job does not fit in GPU memory even with 1 tile: {error}"[:500])
-        except Exception as error:  # the model or a library broke: fail the job, keep the worker
-            log.exception("job %s failed", job_id)
-            return _fail(session, job_id, attempt, "model_error", f"{type(error).__name__}: {error}"[:500])
+            timeout_s = self.settings.timeout_for(job.task)
+            try:
+                attempt = start_job(session, job_id, seen_attempts=job.attempts, lease_s=self.settings.lease_s)
+            except StaleTransition:
+                return None
+            session.refresh(job)
+            log.info("job %s attempt %d started", job_id, attempt)
+        heartbeat = LeaseHeartbeat(self.settings.resolved_database_url, job_id, attempt, lease_s=self.settings.lease_s,
+                                   interval_s=self.settings.heartbeat_s, deadline_s=timeout_s)
+        claimed = _Attempt(job, attempt, heartbeat, timeout_s)
+        return claimed
+
+    def _stop_signal(self, attempt: _Attempt) -> Callable[[], bool]:
+        def stop_when() -> bool:
+            if attempt.heartbeat.should_stop():
+                return True
+            if self.retry_later is not None and self.handing_back():
+                attempt.stopped_to_hand_back.append(True)
+                return True
+            return False
+
+        return stop_when
+
+    def _prepare(self, attempt: _Attempt) -> None:
+        """The job's request, or its outcome if it cannot get that far."""
+        job = attempt.job
+        with about_job(job.id), session_scope(self.settings.resolved_database_url) as session:
+            try:
+                if JobTask(job.task) not in RUNNABLE_TASKS:
+                    raise JobFailure("unsupported_task", f"this deployment cannot run {job.task} jobs yet")
+                items = fetch_pending_urls(session, job, attempt.attempt, store=self.store, settings=self.settings,
+                                           should_stop=self._stop_signal(attempt))
+                if JobTask(job.task).is_video:
+                    attempt.video = load_video_frames(job, items, store=self.store, settings=self.settings)
+                    attempt.request = _request_for(job, [], frames=attempt.video.tiles)
+                else:
+                    attempt.request = _request_for(job, load_images(self.store, items))
+            except StaleTransition:  # the attempt lost the job while recording fetched media
+                session.rollback()
+                attempt.end(None)
+            except Exception as error:  # decided in _finish, with the other outcomes
+                attempt.outcome = error
+
+    def _generate(self, model_id: str, batch: list[_Attempt]) -> None:
         try:
-            finish_job(session, job_id, attempt=attempt, result=body)
+            outcomes = self.run_batch(model_id, [a.request for a in batch], [self._stop_signal(a) for a in batch])
+        except JobFailure as failure:  # the model is not available: every job of the batch fails with why
+            outcomes = [failure] * len(batch)
+        for attempt, outcome in zip(batch, outcomes, strict=True):
+            attempt.outcome = outcome
+
+    def _finish(self, attempt: _Attempt) -> None:
+        if attempt.done:
+            return
+        outcome, job, heartbeat = attempt.outcome, attempt.job, attempt.heartbeat
+        with session_scope(self.settings.resolved_database_url) as session:
+            if attempt.stopped_to_hand_back and not heartbeat.lost.is_set():  # a cut-short result is worthless
+                return attempt.end(self._hand_back(session, job, attempt.attempt))
+            if heartbeat.lost.is_set():  # canceled or requeued while running: this attempt writes nothing
+                done = f"after {outcome.output_tokens} tokens" if isinstance(outcome, GenerationResult) else "early"
+                log.info("job %s attempt %d stopped %s: lease lost", job.id, attempt.attempt, done)
+                return attempt.end(None)
+            if heartbeat.timed_out():
+                outcome = JobFailure("timeout", f"the job ran longer than {attempt.timeout_s:g} s")
+            if isinstance(outcome, GenerationResult):
+                return attempt.end(self._succeed(session, attempt, outcome))
+            return attempt.end(self._fail_with(session, attempt, outcome))
+
+    def _succeed(self, session, attempt: _Attempt, result: GenerationResult) -> str | None:
+        job = attempt.job
+        body = _result_body(job, result, attempt.video)
+        try:
+            finish_job(session, job.id, attempt=attempt.attempt, result=body)
         except StaleTransition:
-            log.info("job %s attempt %d finished after losing its lease: result rejected", job_id, attempt)
+            log.info("job %s attempt %d finished after losing its lease: result rejected", job.id, attempt.attempt)
             return None
         session.commit()
         record.job_stages(job.task, job.model, body["timings_ms"])
-        discard_prepared_frames(store, job)
+        discard_prepared_frames(self.store, job)
         return JobStatus.succeeded.value
 
+    def _fail_with(self, session, attempt: _Attempt, error: Exception | None) -> str | None:
+        job, number = attempt.job, attempt.attempt
+        if isinstance(error, AttemptStopped):  # stopped while fetching: only a lost lease or time stops it
+            return None
+        if isinstance(error, TransientFailure):
+            if self.retry_later is None or number >= self.settings.max_attempts:
+                return _fail(session, job.id, number, error.code, f"{error.message} (after {number} attempts)")
+            return self._retry(session, job, number, error)
+        if isinstance(error, JobFailure):
+            return _fail(session, job.id, number, error.code, error.message)
+        if isinstance(error, torch_out_of_memory()):
+            return _fail(session, job.id, number, "out_of_memory",
+                         f"the job does not fit in GPU memory even with 1 tile: {error}"[:500])
+        # the model or a library broke on this job: fail it, keep the worker and the batch-mates
+        log.error("job %s failed", job.id, exc_info=error)
+        return _fail(session, job.id, number, "model_error", f"{type(error).__name__}: {error}"[:500])
 
-def _hand_back(session, job: Job, attempt: int, retry_later: RetryLater) -> str | None:
-    """The worker is shutting down: back to queued, published again at once for another worker."""
-    try:
-        requeue_job(session, job.id, attempt=attempt)
-    except StaleTransition:
-        return None
-    session.commit()
-    log.info("job %s attempt %d handed back: the worker is shutting down", job.id, attempt)
-    retry_later(job.id, job.task, job.model, 0.0)
-    return JobStatus.queued.value
+    def _retry(self, session, job: Job, attempt: int, failure: TransientFailure) -> str | None:
+        """Back to queued, published again after an exponential backoff."""
+        delay = min(self.settings.retry_backoff_s * 2 ** (attempt - 1), 300.0)
+        try:
+            requeue_job(session, job.id, attempt=attempt)
+        except StaleTransition:
+            return None
+        session.commit()  # queued before the message exists, so its delivery finds the job runnable
+        log.warning("job %s attempt %d: %s; retrying in %.0f s", job.id, attempt, failure.message, delay)
+        self.retry_later(job.id, job.task, job.model, delay)
+        return JobStatus.queued.value
+
+    def _hand_back(self, session, job: Job, attempt: int) -> str | None:
+        """The worker is shutting down: back to queued, published again at once for another worker."""
+        try:
+            requeue_job(session, job.id, attempt=attempt)
+        except StaleTransition:
+            return None
+        session.commit()
+        log.info("job %s attempt %d handed back: the worker is shutting down", job.id, attempt)
+        self.retry_later(job.id, job.task, job.model, 0.0)
+        return JobStatus.queued.value
 
 
-def _retry(session, job: Job, attempt: int, failure: TransientFailure, settings: WorkerSettings,
-           retry_later: RetryLater) -> str | None:
-    """Back to queued, published again after an exponential backoff."""
-    delay = min(settings.retry_backoff_s * 2 ** (attempt - 1), 300.0)
-    try:
-        requeue_job(session, job.id, attempt=attempt)
-    except StaleTransition:
-        return None
-    session.commit()  # queued before the message exists, so its delivery finds the job runnable
-    log.warning("job %s attempt %d: %s; retrying in %.0f s", job.id, attempt, failure.message, delay)
-    retry_later(job.id, job.task, job.model, delay)
-    return JobStatus.queued.value
+def execute_job(job_id: str, *, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch,
+                retry_later: RetryLater | None = None, handing_back: Callable[[], bool] = lambda: False) -> str | None:
+    """One job as a batch of one; see ``BatchRun``."""
+    return BatchRun(settings, store, run_batch, retry_later, handing_back).execute([job_id])[job_id]
+
+
+def _batches(attempts: list[_Attempt], settings: WorkerSettings) -> Iterator[tuple[str, list[_Attempt]]]:
+    """The jobs that got as far as a request, by model, in arrival order, cut into batches of at
+    most ``batch_max_jobs`` jobs and ``batch_max_tiles`` tiles (a job over the tile budget alone
+    still runs, alone)."""
+    by_model: dict[str, list[_Attempt]] = {}
+    for attempt in attempts:
+        if attempt.request is not None and attempt.outcome is None and not attempt.done:
+            by_model.setdefault(attempt.job.model, []).append(attempt)
+    for model_id, ready in by_model.items():
+        batch: list[_Attempt] = []
+        tiles = 0
+        for attempt in ready:
+            cost = _tile_estimate(attempt.request)
+            if batch and (len(batch) >= settings.batch_max_jobs or tiles + cost > settings.batch_max_tiles):
+                yield model_id, batch
+                batch, tiles = [], 0
+            batch.append(attempt)
+            tiles += cost
+        if batch:
+            yield model_id, batch
+
+
+def _tile_estimate(request: GenerationRequest) -> int:
+    """At most this many tiles: every image at its tile cap plus a thumbnail, one per video frame."""
+    if request.frames:
+        return len(request.frames)
+    per_image = request.max_tiles + (1 if request.max_tiles > 1 else 0)
+    total = per_image * len(request.images)
+    return min(total, request.max_tiles_total + len(request.images)) if request.max_tiles_total else total
 
 
 def torch_out_of_memory() -> type[BaseException]:
