@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from services.api.auth import KeyRing, load_key_ring
 from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
+from services.api.events import deltas_reader
 from services.api.limits import TenantLimiter
 from services.api.metrics import RequestMetrics, api_metrics_registry
 from services.api.metrics import router as metrics_router
@@ -22,7 +23,7 @@ from services.api.waiting import JobWaiter
 from shared.config.settings import ApiSettings, get_api_settings
 from shared.db.engine import session_scope
 from shared.db.models import ApiKey, Tenant
-from shared.queue import create_celery
+from shared.queue import create_celery, resolve_broker_url
 from shared.storage import open_store
 
 log = logging.getLogger("vlmq.api")
@@ -59,6 +60,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.celery = create_celery(settings, name="vlmq-api")
     app.state.catalog = ModelCatalog.from_settings(settings)
     app.state.limiter = TenantLimiter.from_settings(settings)
+    app.state.deltas = deltas_reader(resolve_broker_url(settings))
     app.state.metrics_registry = api_metrics_registry(settings)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)

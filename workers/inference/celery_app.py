@@ -7,15 +7,24 @@ loaded once per worker process, after the fork (``worker_process_init``), and ke
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
+import redis
 from celery.signals import worker_process_init, worker_ready
 from celery_batches import Batches
 
 from shared.config.settings import get_worker_settings
+from shared.jobs.deltas import redis_url_of
 from shared.metrics import record
-from shared.queue import CAPTION_SEGMENTS_TASK, create_celery, queue_for, task_name_for
+from shared.queue import (
+    CAPTION_SEGMENTS_TASK,
+    create_celery,
+    queue_for,
+    resolve_broker_url,
+    task_name_for,
+)
 from shared.queue.names import RUN_JOB_TASK
 from shared.queue.worker_hooks import install_worker_hooks
 from shared.storage import StorageError, open_store
@@ -106,8 +115,16 @@ def run_jobs(requests) -> dict[str, str | None]:
     pool process, acknowledging every message only after the batch ran (acks late), so a worker
     that dies mid-batch loses none of them."""
     job_ids = list(dict.fromkeys(request.args[0] for request in requests))  # a redelivered duplicate runs once
-    run = BatchRun(settings, open_store(settings.resolved_storage_url), _run_isolated, _retry_later, handing_back)
+    run = BatchRun(settings, open_store(settings.resolved_storage_url), _run_isolated, _retry_later, handing_back,
+                   deltas=_deltas_client())
     return run.execute(job_ids)
+
+
+@functools.cache
+def _deltas_client() -> redis.Redis | None:
+    """The broker's Redis, for streamed text (one client per pool process, made after the fork)."""
+    url = redis_url_of(resolve_broker_url(settings))
+    return redis.Redis.from_url(url, socket_timeout=2.0) if url else None
 
 
 @app.task(name=CAPTION_SEGMENTS_TASK, ignore_result=True, autoretry_for=(StorageError,), retry_backoff=2,

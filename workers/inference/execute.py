@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import redis
 from PIL import Image
 
 from shared.config.settings import WorkerSettings
@@ -28,6 +29,7 @@ from shared.jobs import (
     requeue_job,
     start_job,
 )
+from shared.jobs.deltas import DeltaWriter
 from shared.jobs.states import RUNNABLE_TASKS
 from shared.logs import about_job
 from shared.metrics import record
@@ -108,6 +110,7 @@ class _Attempt:
     done: bool = False
     status: str | None = None
     stopped_to_hand_back: list[bool] = field(default_factory=list)
+    deltas: DeltaWriter | None = None
 
     @property
     def job_id(self) -> str:
@@ -124,6 +127,7 @@ class BatchRun:
     run_batch: RunBatch
     retry_later: RetryLater | None = None
     handing_back: Callable[[], bool] = lambda: False
+    deltas: redis.Redis | None = None  # where ``stream: true`` jobs' text goes as it is generated
 
     def execute(self, job_ids: list[str]) -> dict[str, str | None]:
         """Each job's final status, or None where this delivery had nothing to do (a duplicate, or an
@@ -190,6 +194,9 @@ class BatchRun:
                     attempt.request = _request_for(job, [], frames=attempt.video.tiles)
                 else:
                     attempt.request = _request_for(job, load_images(self.store, items))
+                if job.stream and self.deltas is not None:
+                    attempt.deltas = DeltaWriter(self.deltas, job.id, attempt.attempt)
+                    attempt.request.text_sink = attempt.deltas.offer
             except StaleTransition:  # the attempt lost the job while recording fetched media
                 session.rollback()
                 attempt.end(None)
@@ -224,6 +231,8 @@ class BatchRun:
     def _succeed(self, session, attempt: _Attempt, result: GenerationResult) -> str | None:
         job = attempt.job
         body = _result_body(job, result, attempt.video)
+        if attempt.deltas is not None:  # the rest of the text, before the job is seen to end
+            attempt.deltas.offer(result.text, final=True)
         try:
             finish_job(session, job.id, attempt=attempt.attempt, result=body)
         except StaleTransition:
@@ -273,12 +282,6 @@ class BatchRun:
         log.info("job %s attempt %d handed back: the worker is shutting down", job.id, attempt)
         self.retry_later(job.id, job.task, job.model, 0.0)
         return JobStatus.queued.value
-
-
-def execute_job(job_id: str, *, settings: WorkerSettings, store: ObjectStore, run_batch: RunBatch,
-                retry_later: RetryLater | None = None, handing_back: Callable[[], bool] = lambda: False) -> str | None:
-    """One job as a batch of one; see ``BatchRun``."""
-    return BatchRun(settings, store, run_batch, retry_later, handing_back).execute([job_id])[job_id]
 
 
 def _batches(attempts: list[_Attempt], settings: WorkerSettings) -> Iterator[tuple[str, list[_Attempt]]]:

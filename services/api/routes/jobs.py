@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.api.body import JobBodyReader
@@ -21,6 +22,7 @@ from services.api.deps import (
     WaiterDep,
     WaitSecondsDep,
 )
+from services.api.events import job_events as stream_job_events
 from services.api.jobs import (
     get_job,
     job_public,
@@ -126,6 +128,17 @@ async def plan(
 def read_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
     job = get_job(session, tenant, job_id)
     return job_public(job, results_for(session, [job]).get(job.id))
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses={
+    200: {"content": {"text/event-stream": {}}, "description": "`status`, `delta` and a final `job` event."},
+    **_NOT_FOUND,
+})
+async def job_events(job_id: str, request: Request, tenant: TenantDep, settings: SettingsDep) -> EventSourceResponse:
+    """The job's status changes, the text of a `stream: true` job as it is generated, then the job."""
+    await run_in_threadpool(read_job_public, settings.resolved_database_url, tenant, job_id)  # 404 first
+    events = stream_job_events(settings.resolved_database_url, tenant, job_id, request.app.state.deltas)
+    return EventSourceResponse(events, ping=15)
 
 
 @router.get("", response_model=JobsPublic)

@@ -21,11 +21,17 @@ class RowLimits(StoppingCriteria):
     """Row ``i`` is done once it generated ``max_new_tokens[i]`` tokens or ``stops[i]()`` is true
     (polled between decode steps: a safe point)."""
 
-    def __init__(self, prompt_length: int, max_new_tokens: Sequence[int], stops: Sequence[Callable[[], bool] | None]):
+    def __init__(self, prompt_length: int, max_new_tokens: Sequence[int], stops: Sequence[Callable[[], bool] | None],
+                 watchers: Sequence[Callable[[list[int]], None] | None] | None = None):
         self.prompt_length, self.max_new_tokens, self.stops = prompt_length, list(max_new_tokens), list(stops)
+        # Streaming rows see their generated ids after every step.
+        self.watchers = list(watchers) if watchers else [None] * len(self.stops)
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         generated = input_ids.shape[1] - self.prompt_length
+        for row, watcher in enumerate(self.watchers):
+            if watcher is not None:
+                watcher(input_ids[row, self.prompt_length:].tolist())
         done = [generated >= limit or (stop is not None and stop()) for limit, stop in zip(self.max_new_tokens, self.stops,
                                                                                            strict=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

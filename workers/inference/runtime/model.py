@@ -180,7 +180,8 @@ class InternVLRuntime:
         media = {"pixel_values": torch.from_numpy(np.concatenate(arrays)).to(self.device, self.dtype)} if arrays else {}
         requests = [item.request for item in batch]
         prompt_length = encoded["input_ids"].shape[1]
-        limits = RowLimits(prompt_length, [request.max_new_tokens for request in requests], stops)
+        watchers = [self._text_watcher(request) if request.text_sink else None for request in requests]
+        limits = RowLimits(prompt_length, [request.max_new_tokens for request in requests], stops, watchers)
         output = self.model.generate(
             input_ids=encoded["input_ids"],
             attention_mask=encoded["attention_mask"],
@@ -196,14 +197,8 @@ class InternVLRuntime:
         batch_id = uuid.uuid4().hex[:12]
         results = []
         for row, item in enumerate(batch):
-            tokens = new_tokens[row].tolist()[: item.request.max_new_tokens]
-            if self.stop_token_id in tokens:
-                tokens = tokens[: tokens.index(self.stop_token_id) + 1]
-            tokens = [token for token in tokens if token != self.tokenizer.pad_token_id]
-            # The embedding table is padded past the tokenizer; ids beyond it have no text (and
-            # would make a SentencePiece decoder raise).
-            decoded = self.tokenizer.decode([t for t in tokens if t < self.vocab_limit], skip_special_tokens=True)
-            text = decoded.split(self.template.stop_token)[0].strip()
+            tokens = self._kept_tokens(new_tokens[row].tolist()[: item.request.max_new_tokens])
+            text = self._text_of(tokens).strip()
             results.append(
                 GenerationResult(
                     text=text,
@@ -219,6 +214,29 @@ class InternVLRuntime:
                 )
             )
         return results
+
+    def _kept_tokens(self, tokens: list[int]) -> list[int]:
+        """Generated ids up to and including the stop token, without padding."""
+        if self.stop_token_id in tokens:
+            tokens = tokens[: tokens.index(self.stop_token_id) + 1]
+        return [token for token in tokens if token != self.tokenizer.pad_token_id]
+
+    def _text_of(self, tokens: list[int]) -> str:
+        # The embedding table is padded past the tokenizer; ids beyond it have no text (and would
+        # make a SentencePiece decoder raise).
+        decoded = self.tokenizer.decode([t for t in tokens if t < self.vocab_limit], skip_special_tokens=True)
+        return decoded.split(self.template.stop_token)[0]
+
+    def _text_watcher(self, request: GenerationRequest, interval_s: float = 0.05) -> Callable[[list[int]], None]:
+        """The row's text so far, decoded at most every ``interval_s``, to the request's sink."""
+        last = [0.0]
+
+        def watch(generated: list[int]) -> None:
+            if time.perf_counter() - last[0] >= interval_s:
+                last[0] = time.perf_counter()
+                request.text_sink(self._text_of(self._kept_tokens(generated)).lstrip())
+
+        return watch
 
     @staticmethod
     def _boxes(request: GenerationRequest, text: str) -> list[dict] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -21,6 +22,8 @@ class GenerationRequest:
     top_p: float | None = None
     # A video: its sampled frames, each already one 448×448 tile (RGB uint8 H×W×3), in order.
     frames: list = field(default_factory=list)
+    # Streaming: called with the text generated so far, as it grows (between decode steps).
+    text_sink: Callable[[str], None] | None = None
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""GET /v1/jobs/{id}/events through the real stack: Server-Sent Events of a job's statuses, the text
+of a ``stream: true`` job as it is generated, and the final job."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.support.media import wait_for_job
+
+
+def read_events(client: httpx.Client, job_id: str) -> list[tuple[str, dict]]:
+    """(event, data) of every event until the server ends the stream."""
+    events, event, data = [], None, []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                data.append(line.split(":", 1)[1].strip())
+            elif not line and event:
+                events.append((event, json.loads("\n".join(data))))
+                event, data = None, []
+    return events
+
+
+def test_a_streamed_job_sends_deltas_that_add_up_to_its_final_text(acme):
+    # given a chat job created with stream: true
+    job = acme.post("/v1/jobs", json={"task": "chat", "prompt": "Tell me a story.", "stream": True,
+                                      "options": {"max_new_tokens": 200}}).json()
+
+    # when its events are read from the start to the end of the stream
+    events = read_events(acme, job["id"])
+
+    # then statuses come first, the text arrives as deltas, and the job object ends the stream
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "status" and kinds[-1] == "job" and kinds.count("job") == 1
+    statuses = [data["status"] for kind, data in events if kind == "status"]
+    assert statuses[-2:] == ["running", "succeeded"] and statuses[0] in ("queued", "running")
+    final = events[-1][1]
+    assert final["status"] == "succeeded" and final["id"] == job["id"]
+    deltas = [data["text"] for kind, data in events if kind == "delta"]
+    assert len(deltas) > 1 and "".join(deltas) == final["result"]["text"]
+    assert {data["attempt"] for kind, data in events if kind == "delta"} == {1}
+
+
+def test_a_job_without_stream_sends_statuses_and_the_job_only(acme):
+    job = acme.post("/v1/jobs", json={"task": "chat", "prompt": "Hi", "options": {"max_new_tokens": 8}}).json()
+    events = read_events(acme, job["id"])
+    assert {kind for kind, _ in events} == {"status", "job"} and events[-1][1]["status"] == "succeeded"
+
+
+def test_a_finished_job_yields_its_final_event_at_once_and_others_cannot_listen(acme, globex):
+    # given a finished job
+    job = wait_for_job(acme, acme.post("/v1/jobs", json={"task": "chat", "prompt": "Hi",
+                                                         "options": {"max_new_tokens": 2}}).json()["id"])
+    # then its events are its status and the job itself
+    assert [kind for kind, _ in read_events(acme, job["id"])] == ["status", "job"]
+    # and another tenant gets API.md's 404, not a stream
+    response = globex.get(f"/v1/jobs/{job['id']}/events")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
