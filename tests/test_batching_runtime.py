@@ -70,9 +70,9 @@ def test_one_stopped_row_ends_while_its_batch_mates_go_on(runtime):
 
 
 def test_a_request_that_cannot_be_prepared_fails_alone(runtime):
-    # given a video request whose frame is not a 448×448 tile
+    # given a video request whose frame is not an image
     requests = mixed_requests()
-    requests[3].frames = [np.zeros((3, 3), dtype=np.uint8)]
+    requests[3].frames = [np.zeros((3, 3, 5), dtype=np.uint8)]  # five channels: no image at all
     outcomes = runtime.run_isolated(requests, [None] * 4)
     # then its outcome is the error, and the other three still share one call
     assert isinstance(outcomes[3], Exception)
