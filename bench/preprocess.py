@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from tests.support.reference_preprocess import reference_pixel_values  # noqa: E402
-from tests.test_preprocess_reference import photo_like_jpeg  # noqa: E402
-from workers.inference.runtime.tiling import image_to_pixel_values  # noqa: E402
+from tests.support.reference_preprocess import reference_pixel_values
+from tests.test_preprocess_reference import photo_like_jpeg
+from workers.inference.runtime.tiling import image_to_pixel_values
 
 MAX_TILES = 12
 
