@@ -64,6 +64,7 @@ def load_models(**_kwargs) -> None:
             started = time.perf_counter()
             path = resolve_source(source, cache_dir=settings.resolved_hub_cache_dir, download=settings.hub_download)
             _runtimes[model_id] = InternVLRuntime.load(path, options)
+            _runtimes[model_id].prepare_threads = settings.preprocess_threads
             log.info("loaded %s in %.1fs", model_id, time.perf_counter() - started)
         except Exception as error:  # any loader failure: bad directory, bad weights, out of memory
             log.exception("model %s could not be loaded", model_id)

@@ -285,14 +285,17 @@ class BatchRun:
 
 
 def _batches(attempts: list[_Attempt], settings: WorkerSettings) -> Iterator[tuple[str, list[_Attempt]]]:
-    """The jobs that got as far as a request, by model, in arrival order, cut into batches of at
-    most ``batch_max_jobs`` jobs and ``batch_max_tiles`` tiles (a job over the tile budget alone
-    still runs, alone)."""
+    """The jobs that got as far as a request, by model and by size, cut into batches of at most
+    ``batch_max_jobs`` jobs and ``batch_max_tiles`` tiles (a job over the tile budget alone still
+    runs, alone)."""
     by_model: dict[str, list[_Attempt]] = {}
     for attempt in attempts:
         if attempt.request is not None and attempt.outcome is None and not attempt.done:
             by_model.setdefault(attempt.job.model, []).append(attempt)
-    for model_id, ready in by_model.items():
+    for model_id, waiting in by_model.items():
+        # Like with like: every row of a call is padded to its longest prompt, so jobs of similar
+        # image counts share calls.
+        ready = sorted(waiting, key=lambda attempt: _tile_estimate(attempt.request))
         batch: list[_Attempt] = []
         tiles = 0
         for attempt in ready:

@@ -22,7 +22,31 @@ from workers.inference.fixtures.original import (
 from workers.inference.fixtures.tokenizers import build_tokenizer
 
 
-def build_tiny_model(directory: Path, *, template: str = "internvl2_5", seed: int = 0) -> Path:
+# (vision, language) dimensions by size. "tiny" is the tests' model; "small" (29M parameters: a
+# 4-layer 256-wide vision encoder, an 8-layer 512-wide decoder)
+# is for CPU benchmarks; the others are the real InternVL 2.5 shapes (InternViT-300M with
+# Qwen2.5-0.5B / Qwen2.5-3B / an InternLM2.5-7B-sized decoder) for GPU benchmarks, random weights.
+SIZES = {
+    "tiny": ({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+             {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2}),
+    "small": ({"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+              {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 8,
+               "num_key_value_heads": 2}),
+    "1b": ({"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+           {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+            "num_key_value_heads": 2, "vocab_size": 151674}),
+    "4b": ({"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+           {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+            "num_key_value_heads": 2, "vocab_size": 151674}),
+    "8b": ({"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+           {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "vocab_size": 92553}),
+}
+
+
+def build_tiny_model(directory: Path, *, template: str = "internvl2_5", seed: int = 0, size: str = "tiny") -> Path:
+    """A native checkpoint of random weights, of the dimensions ``SIZES[size]`` names."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -33,27 +57,17 @@ def build_tiny_model(directory: Path, *, template: str = "internvl2_5", seed: in
     directory.mkdir(parents=True, exist_ok=True)
     build_tokenizer(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    vision, text = SIZES[size]
     config = InternVLConfig(
-        vision_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "image_size": 448,
-            "patch_size": 14,
-        },
+        vision_config={**vision, "image_size": 448, "patch_size": 14},
         text_config={
             "model_type": "qwen2",
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
             "max_position_embeddings": 32768,
             "tie_word_embeddings": False,
             "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
             "pad_token_id": tokenizer.pad_token_id,
+            **text,
         },
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=256,

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteriaList
 
 from workers.inference.runtime.batching import RowLimits, sampling_arguments
 from workers.inference.runtime.checkpoint import CheckpointInfo, read_checkpoint
@@ -32,6 +33,8 @@ from workers.inference.runtime.tiling import (
 )
 
 OOM_RETRIES = 3
+# Rows are prefilled together while padding them to the longest adds at most this share of tokens.
+PADDING_TOLERANCE = 1.25
 log = logging.getLogger("vlmq.worker")
 
 
@@ -63,6 +66,7 @@ class InternVLRuntime:
         self.template = checkpoint.template
         self.stop_token_id = tokenizer.convert_tokens_to_ids(self.template.stop_token)
         self.vocab_limit = len(tokenizer)
+        self.prepare_threads = 4  # requests of a batch tiled at once (VLMQ_PREPROCESS_THREADS)
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions | None = None) -> InternVLRuntime:
@@ -118,18 +122,21 @@ class InternVLRuntime:
         (``stops[i]``: canceled, lease lost, time out, shutting down; the row ends at the next decode
         step, the others go on). A request that breaks its preprocessing or the model fails alone:
         its outcome is the exception, its batch-mates still get their results."""
-        outcomes: list[GenerationResult | Exception | _Prepared] = []
-        for request in requests:
-            try:
-                outcomes.append(self.prepare(request))
-            except Exception as error:  # bad pixels, a prompt the template refuses: this request only
-                outcomes.append(error)
+        # Tiling and normalising overlap across requests: Pillow's resampler and numpy release the GIL.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(requests), self.prepare_threads))) as pool:
+            outcomes: list[GenerationResult | Exception | _Prepared] = list(pool.map(self._prepare_or_error, requests))
         ready = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, _Prepared)]
         if ready:
             batch = [outcomes[index] for index in ready]
             for index, outcome in zip(ready, self._generate_isolated(batch, [stops[i] for i in ready]), strict=True):
                 outcomes[index] = outcome
         return outcomes  # type: ignore[return-value]
+
+    def _prepare_or_error(self, request: GenerationRequest) -> _Prepared | Exception:
+        try:
+            return self.prepare(request)
+        except Exception as error:  # bad pixels, a prompt the template refuses: this request only
+            return error
 
     def _generate_isolated(self, batch: list[_Prepared], stops) -> list[GenerationResult | Exception]:
         try:
@@ -177,9 +184,15 @@ class InternVLRuntime:
         encoded = self.tokenizer([item.text for item in batch], return_tensors="pt", padding=True).to(self.device)
         arrays = [item.pixel_values for item in batch if item.pixel_values is not None]
         # Text-only batches pass no pixel_values at all: the native model would try to encode None.
-        media = {"pixel_values": torch.from_numpy(np.concatenate(arrays)).to(self.device, self.dtype)} if arrays else {}
         requests = [item.request for item in batch]
         prompt_length = encoded["input_ids"].shape[1]
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        if len(batch) > 1 and prompt_length * len(batch) > PADDING_TOLERANCE * sum(lengths):
+            # Prompts of unlike lengths: padded together, the short ones would pay for the longest
+            # one's prefill. Each is prefilled alone, and the rows decode together from their caches.
+            media = {"past_key_values": self._prefill_each(batch, encoded)}
+        else:
+            media = {"pixel_values": self._to_device(np.concatenate(arrays))} if arrays else {}
         watchers = [self._text_watcher(request) if request.text_sink else None for request in requests]
         limits = RowLimits(prompt_length, [request.max_new_tokens for request in requests], stops, watchers)
         output = self.model.generate(
@@ -214,6 +227,37 @@ class InternVLRuntime:
                 )
             )
         return results
+
+    def _prefill_each(self, batch: list[_Prepared], encoded) -> DynamicCache:
+        """Every row's prompt but its last token through the model alone, unpadded; the caches then
+        left-padded to one length and stacked. ``generate`` feeds the last tokens itself, and the
+        attention mask (its zeros cover the padding) gives each row its own positions."""
+        padded_length = encoded["input_ids"].shape[1] - 1
+        per_row = []
+        for row, item in enumerate(batch):
+            ids = encoded["input_ids"][row][encoded["attention_mask"][row].bool()][:-1].unsqueeze(0)
+            media = {"pixel_values": self._to_device(item.pixel_values)} if item.pixel_values is not None else {}
+            output = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                                logits_to_keep=1, **media)
+            per_row.append(output.past_key_values)
+        cache = DynamicCache()
+        for layer in range(len(per_row[0].layers)):
+            keys, values = [], []
+            for row_cache in per_row:
+                stored = row_cache.layers[layer]
+                padding = (0, 0, padded_length - stored.keys.shape[-2], 0)  # left, along the sequence
+                keys.append(torch.nn.functional.pad(stored.keys, padding))
+                values.append(torch.nn.functional.pad(stored.values, padding))
+            cache.update(torch.cat(keys), torch.cat(values), layer)
+        return cache
+
+    def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
+        """On a GPU: from pinned memory, converted to the model's dtype there (half the bytes to copy
+        for bf16 and the copy does not block the host)."""
+        tensor = torch.from_numpy(pixels)
+        if self.device.type != "cuda":
+            return tensor.to(self.dtype)
+        return tensor.pin_memory().to(self.device, non_blocking=True).to(self.dtype)
 
     def _kept_tokens(self, tokens: list[int]) -> list[int]:
         """Generated ids up to and including the stop token, without padding."""

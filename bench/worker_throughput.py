@@ -1,0 +1,190 @@
+"""Worker throughput: the model cards' one-request-at-a-time pattern against vlmq's batching
+worker, on the same random-weight model and the same mixed workload, in one run.
+
+    python bench/worker_throughput.py [--jobs 48] [--size small] [--max-new-tokens 24] [--batch 8]
+    python bench/worker_throughput.py --device cuda --size 1b|4b|8b     # full-size shapes on a GPU
+
+Workload: captions, questions and groundings (a third each) on JPEGs from a 128×128 thumbnail to
+4K, every sixth job a question about two images; ``max_tiles`` 6; greedy, ``--max-new-tokens``.
+
+- baseline, the cards' pattern in this process: for each request in turn, its own preprocessing
+  (``tests/support/reference_preprocess.py``: the cards' pipeline), then one ``generate`` of batch 1;
+- vlmq: the API, PostgreSQL, Redis and one inference worker process (``VLMQ_BATCH_MAX_JOBS=--batch``);
+  every job submitted over HTTP and queued before the worker starts, timed from the worker's first
+  job (its model loaded) to its last.
+
+Prints jobs/s, generated tokens/s, p50/p99 latency (from the common start of each side) and the
+ratios; with ``--device cuda``, vision tiles/s and their share
+of an H100's dense bf16 roofline (989 TFLOP/s). Target: ≥ 3× the baseline's jobs/s on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench.harness import API_KEY, api_stack  # noqa: E402
+from tests.support.media import submit  # noqa: E402
+from tests.support.services import REPO_ROOT, wait_until  # noqa: E402
+
+SIZES = [(128, 128), (640, 480), (1280, 720), (1920, 1080), (3840, 2160)]
+MAX_TILES = 6
+H100_BF16_DENSE_FLOPS = 989e12
+
+
+def jpeg(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    gradient = np.add.outer(np.linspace(0, 200, height), np.linspace(0, 55, width))[..., None]
+    pixels = (gradient + rng.integers(0, 56, (height, width, 3))).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def workload(count: int, max_new_tokens: int) -> list[dict]:
+    jobs = []
+    for number in range(count):
+        task = ("caption", "vqa", "grounding")[number % 3]
+        images = [jpeg(*SIZES[number % len(SIZES)], seed=number)]
+        if number % 6 == 1:  # a question about two images
+            images.append(jpeg(*SIZES[(number + 2) % len(SIZES)], seed=number + 1000))
+        prompt = {"caption": None, "vqa": "What is in the picture?", "grounding": "the bright corner"}[task]
+        jobs.append({"task": task, "prompt": prompt, "images": images,
+                     "options": {"max_new_tokens": max_new_tokens, "max_tiles": MAX_TILES}})
+    return jobs
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def run_baseline(model_dir: Path, jobs: list[dict], device: str) -> dict:
+    """The cards' pattern: one request at a time, its own preprocessing, one generate each."""
+    import torch
+
+    from tests.support.reference_preprocess import reference_pixel_values
+    from workers.inference.runtime.loading import LoadOptions
+    from workers.inference.runtime.model import InternVLRuntime
+    from workers.inference.runtime.prompts import build_prompt, expand_image_placeholders, question_for
+
+    runtime = InternVLRuntime.load(model_dir, LoadOptions(device=device))
+    latencies, tokens, tiles = [], 0, 0
+    started = time.perf_counter()
+    for job in jobs:
+        pixel_values = torch.cat([reference_pixel_values(data, MAX_TILES) for data in job["images"]])
+        counts = [len(reference_pixel_values(data, MAX_TILES)) for data in job["images"]] if len(job["images"]) > 1 \
+            else [len(pixel_values)]
+        prompt = build_prompt(runtime.template, question=question_for(job["task"], job["prompt"]),
+                              n_images=len(job["images"]), multi_image="numbered",
+                              system_message=runtime.checkpoint.system_message)
+        encoded = runtime.tokenizer(expand_image_placeholders(prompt, counts), return_tensors="pt").to(runtime.device)
+        with torch.inference_mode():
+            output = runtime.model.generate(**encoded, pixel_values=pixel_values.to(runtime.device, runtime.dtype),
+                                            max_new_tokens=job["options"]["max_new_tokens"], do_sample=False,
+                                            eos_token_id=runtime.stop_token_id, pad_token_id=runtime.tokenizer.pad_token_id)
+        tokens += output.shape[1] - encoded["input_ids"].shape[1]
+        tiles += len(pixel_values)
+        latencies.append(time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return {"jobs_per_s": len(jobs) / elapsed, "tokens_per_s": tokens / elapsed, "tiles_per_s": tiles / elapsed,
+            "p50_latency_s": percentile(latencies, 50), "p99_latency_s": percentile(latencies, 99), "seconds": elapsed}
+
+
+def run_vlmq(model_dir: Path, jobs: list[dict], device: str, batch: int, data_dir: Path) -> dict:
+    extra = {"VLMQ_MODELS": json.dumps({"bench-model": str(model_dir)}), "VLMQ_DEVICE": device,
+             "VLMQ_BATCH_MAX_JOBS": str(batch), "VLMQ_MAX_IMAGE_BYTES": str(64 * 1024 * 1024),
+             "VLMQ_API_ACCESS_LOG": "false", "VLMQ_JOB_TIMEOUT_S": "3600"}
+    with api_stack(data_dir, extra=extra) as stack:
+        with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as client:
+            # Every job queued before the worker starts, as the baseline has every request at once;
+            # timed from the worker's first job (its model loaded) to its last.
+            ids = []
+            for job in jobs:
+                request = {"task": job["task"], "options": job["options"]} | ({"prompt": job["prompt"]} if job["prompt"] else {})
+                ids.append(submit(client, request, *job["images"], filename="image.jpg").json()["id"])
+            worker = stack.add_worker("worker-measured")
+
+            def all_done() -> list[dict] | None:
+                found = [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
+                return found if all(job["status"] in ("succeeded", "failed") for job in found) else None
+
+            done = wait_until(all_done, timeout_s=3600, interval_s=1.0, what="every job")
+        worker.stop()
+    failed = [job["error"] for job in done if job["status"] != "succeeded"]
+    if failed:
+        raise SystemExit(f"{len(failed)} jobs failed: {failed[:3]}")
+
+    def at(value: str) -> float:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+    first, last = min(at(job["started_at"]) for job in done), max(at(job["finished_at"]) for job in done)
+    elapsed = last - first
+    latencies = [at(job["finished_at"]) - first for job in done]
+    batches = {job["result"]["batch"]["id"]: job["result"]["batch"]["size"] for job in done}
+    return {"jobs_per_s": len(done) / elapsed,
+            "tokens_per_s": sum(job["result"]["usage"]["output_tokens"] for job in done) / elapsed,
+            "tiles_per_s": sum(job["result"]["usage"]["tiles"] for job in done) / elapsed,
+            "p50_latency_s": percentile(latencies, 50), "p99_latency_s": percentile(latencies, 99), "seconds": elapsed,
+            "model_calls": len(batches), "mean_batch": statistics.mean(batches.values())}
+
+
+def vision_flops_per_tile(model_dir: Path) -> float:
+    """Dense FLOPs of one 448×448 tile through the vision encoder (matmuls and attention)."""
+    vision = json.loads((model_dir / "config.json").read_text())["vision_config"]
+    tokens, width, layers = (448 // 14) ** 2 + 1, vision["hidden_size"], vision["num_hidden_layers"]
+    per_layer = 2 * tokens * (4 * width * width + 2 * width * vision["intermediate_size"]) + 4 * tokens * tokens * width
+    return layers * per_layer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=48)
+    parser.add_argument("--size", default="small", choices=["small", "1b", "4b", "8b"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=8, help="VLMQ_BATCH_MAX_JOBS of the worker")
+    arguments = parser.parse_args()
+
+    from workers.inference.tiny_model import build_tiny_model
+
+    model_dir = REPO_ROOT / ".run" / "bench" / "models" / f"internvl-{arguments.size}"
+    if not (model_dir / "config.json").exists():
+        build_tiny_model(model_dir, size=arguments.size)
+    jobs = workload(arguments.jobs, arguments.max_new_tokens)
+    baseline = run_baseline(model_dir, jobs, arguments.device)
+    with tempfile.TemporaryDirectory(prefix="vlmq-throughput-") as scratch:
+        ours = run_vlmq(model_dir, jobs, arguments.device, arguments.batch, Path(scratch))
+    report = {
+        "benchmark": "worker_throughput", "size": arguments.size, "device": arguments.device, "jobs": arguments.jobs,
+        "max_new_tokens": arguments.max_new_tokens, "max_tiles": MAX_TILES, "batch": arguments.batch,
+        "cards_pattern": {key: round(value, 3) for key, value in baseline.items()},
+        "vlmq": {key: round(value, 3) for key, value in ours.items()},
+        "ratio_jobs_per_s": round(ours["jobs_per_s"] / baseline["jobs_per_s"], 2),
+        "ratio_tokens_per_s": round(ours["tokens_per_s"] / baseline["tokens_per_s"], 2),
+        "target_ratio_cpu": 3.0,
+    }
+    if arguments.device == "cuda":
+        flops = vision_flops_per_tile(model_dir)
+        report["vision_roofline_fraction"] = {
+            name: round(side["tiles_per_s"] * flops / H100_BF16_DENSE_FLOPS, 4)
+            for name, side in (("cards_pattern", baseline), ("vlmq", ours))
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
