@@ -21,7 +21,6 @@ of an H100's dense bf16 roofline (989 TFLOP/s). Target: ≥ 3× the baseline's j
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -32,35 +31,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import httpx
 
-from bench.harness import API_KEY, api_stack  # noqa: E402
-from tests.support.media import submit  # noqa: E402
-from tests.support.services import REPO_ROOT, wait_until  # noqa: E402
+from bench.harness import API_KEY, api_stack
+from tests.support.media import submit
+from tests.support.services import REPO_ROOT, wait_until
+from tests.test_preprocess_reference import photo_like_jpeg
 
 SIZES = [(128, 128), (640, 480), (1280, 720), (1920, 1080), (3840, 2160)]
 MAX_TILES = 6
 H100_BF16_DENSE_FLOPS = 989e12
 
 
-def jpeg(width: int, height: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    gradient = np.add.outer(np.linspace(0, 200, height), np.linspace(0, 55, width))[..., None]
-    pixels = (gradient + rng.integers(0, 56, (height, width, 3))).clip(0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def workload(count: int, max_new_tokens: int) -> list[dict]:
     jobs = []
     for number in range(count):
         task = ("caption", "vqa", "grounding")[number % 3]
-        images = [jpeg(*SIZES[number % len(SIZES)], seed=number)]
+        images = [photo_like_jpeg(*SIZES[number % len(SIZES)], seed=number)]
         if number % 6 == 1:  # a question about two images
-            images.append(jpeg(*SIZES[(number + 2) % len(SIZES)], seed=number + 1000))
+            images.append(photo_like_jpeg(*SIZES[(number + 2) % len(SIZES)], seed=number + 1000))
         prompt = {"caption": None, "vqa": "What is in the picture?", "grounding": "the bright corner"}[task]
         jobs.append({"task": task, "prompt": prompt, "images": images,
                      "options": {"max_new_tokens": max_new_tokens, "max_tiles": MAX_TILES}})
@@ -69,7 +58,7 @@ def workload(count: int, max_new_tokens: int) -> list[dict]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def run_baseline(model_dir: Path, jobs: list[dict], device: str) -> dict:
@@ -79,7 +68,11 @@ def run_baseline(model_dir: Path, jobs: list[dict], device: str) -> dict:
     from tests.support.reference_preprocess import reference_pixel_values
     from workers.inference.runtime.loading import LoadOptions
     from workers.inference.runtime.model import InternVLRuntime
-    from workers.inference.runtime.prompts import build_prompt, expand_image_placeholders, question_for
+    from workers.inference.runtime.prompts import (
+        build_prompt,
+        expand_image_placeholders,
+        question_for,
+    )
 
     runtime = InternVLRuntime.load(model_dir, LoadOptions(device=device))
     latencies, tokens, tiles = [], 0, 0
@@ -129,7 +122,7 @@ def run_vlmq(model_dir: Path, jobs: list[dict], device: str, batch: int, data_di
         raise SystemExit(f"{len(failed)} jobs failed: {failed[:3]}")
 
     def at(value: str) -> float:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(value).timestamp()
 
     first, last = min(at(job["started_at"]) for job in done), max(at(job["finished_at"]) for job in done)
     elapsed = last - first

@@ -5,12 +5,12 @@ import uvicorn
 
 from shared.config.settings import get_api_settings
 from shared.logs import logging_config
-from shared.metrics.multiprocess import ensure_multiprocess_dir
+from shared.metrics.multiprocess import start_process_tree
 
 
 def main() -> None:
     settings = get_api_settings()  # validated here, so bad production settings stop the process at once
-    ensure_multiprocess_dir()  # before uvicorn starts its workers: they inherit the directory
+    start_process_tree()  # before uvicorn starts its workers: they inherit the directory
     uvicorn.run(
         "services.api.app:create_app",
         factory=True,

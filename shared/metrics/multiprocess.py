@@ -39,6 +39,15 @@ def ensure_multiprocess_dir() -> Path:
     return directory
 
 
+def start_process_tree() -> Path:
+    """For a process role's entry point (the API server, a Celery worker's main process): a
+    directory of its own, even if whoever started it had one (a supervisor, a test runner) and
+    passed it down. Metric values are created on first use, so this is early enough as long as no
+    sample was recorded yet."""
+    os.environ.pop(ENV, None)
+    return ensure_multiprocess_dir()
+
+
 def _remove_if_creator(directory: Path, creator_pid: int) -> None:
     """Forked children inherit atexit hooks: only the process that made the directory removes it."""
     if os.getpid() == creator_pid:

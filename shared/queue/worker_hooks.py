@@ -11,7 +11,7 @@ from celery.signals import setup_logging, worker_process_shutdown, worker_ready
 from shared.config.settings import CommonSettings
 from shared.logs import configure_logging
 from shared.metrics.exposition import metrics_registry, serve_worker_endpoints
-from shared.metrics.multiprocess import forget_process
+from shared.metrics.multiprocess import forget_process, start_process_tree
 
 log = logging.getLogger("vlmq.worker")
 
@@ -19,6 +19,7 @@ log = logging.getLogger("vlmq.worker")
 def install_worker_hooks(settings: CommonSettings, *, role: str) -> None:
     """Connected once, when the worker's app module is imported (in the main process, before the
     pool forks), with strong references: the receivers are closures."""
+    start_process_tree()  # this worker's samples, shared with its pool processes only
 
     def use_vlmq_logging(**_kwargs) -> None:  # connected: Celery leaves logging to us
         configure_logging(settings, role=role)
