@@ -24,7 +24,8 @@ from services.api.jobs import read_job_public
 from shared.db.engine import get_engine
 from shared.db.models import Job
 from shared.jobs import JobStatus
-from shared.jobs.deltas import deltas_key, redis_url_of
+from shared.jobs.deltas import deltas_key
+from shared.queue import redis_url_of
 
 POLL_S = 0.25
 jobs_table = Job.__table__

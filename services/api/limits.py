@@ -25,7 +25,7 @@ from shared.config.settings import ApiSettings
 from shared.db.engine import get_engine
 from shared.db.models import utcnow
 from shared.jobs import JobStatus
-from shared.queue.app import resolve_broker_url
+from shared.queue.app import redis_url_of, resolve_broker_url
 
 log = logging.getLogger("vlmq.api")
 
@@ -49,7 +49,7 @@ class Limits:
 
 def limits_storage_url(broker_url: str) -> str:
     """The broker's Redis (as an asyncio storage of ``limits``), else this process's memory."""
-    if broker_url.startswith(("redis://", "rediss://")):
+    if redis_url_of(broker_url):
         return f"async+{broker_url}"
     return "async+memory://"
 

@@ -24,12 +24,6 @@ def deltas_key(job_id: str) -> str:
     return f"vlmq:job-deltas:{job_id}"
 
 
-def redis_url_of(broker_url: str) -> str | None:
-    """Deltas travel through the broker's Redis; with another broker there are none (the events
-    still report every status and the final job)."""
-    return broker_url if broker_url.startswith(("redis://", "rediss://")) else None
-
-
 class DeltaWriter:
     """Sends the new text of one attempt as it grows: ``offer`` the text generated so far, and
     only what extends what was already sent goes out (at most every ``interval_s``)."""

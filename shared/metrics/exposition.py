@@ -25,6 +25,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from shared.metrics import series
+from shared.queue.app import redis_url_of
 
 log = logging.getLogger("vlmq.metrics")
 
@@ -35,10 +36,8 @@ class QueueDepthCollector(Collector):
 
     def __init__(self, broker_url: str, queues: Iterable[str]):
         self.queues = list(queues)
-        self.client = (
-            redis.Redis.from_url(broker_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-            if broker_url.startswith(("redis://", "rediss://")) else None
-        )
+        url = redis_url_of(broker_url)
+        self.client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0) if url else None
 
     def collect(self):
         family = GaugeMetricFamily(series.QUEUE_DEPTH, "Jobs waiting in the broker, per queue.", labels=["queue"])

@@ -1,6 +1,6 @@
 """Celery app factory, queue names and task names. Messages carry job ids, never payloads."""
 
-from shared.queue.app import create_celery, resolve_broker_url
+from shared.queue.app import create_celery, redis_url_of, resolve_broker_url
 from shared.queue.names import (
     DELIVER_TASK,
     CAPTION_SEGMENTS_TASK,
@@ -24,6 +24,7 @@ __all__ = [
     "PREPARE_FRAMES_TASK",
     "create_celery",
     "queue_for",
+    "redis_url_of",
     "resolve_broker_url",
     "route_for",
     "task_name_for",

@@ -36,6 +36,12 @@ def resolve_broker_url(settings: CommonSettings) -> str:
     return "filesystem://"
 
 
+def redis_url_of(broker_url: str) -> str | None:
+    """The broker's URL if the broker is Redis: what else vlmq keeps there (queue depths, tenant
+    rates, streamed text) goes without it on another broker."""
+    return broker_url if broker_url.startswith(("redis://", "rediss://")) else None
+
+
 def create_celery(
     settings: CommonSettings, *, name: str = "vlmq", models: list[str] | None = None, queues: list[str] | None = None
 ) -> Celery:

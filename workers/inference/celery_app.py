@@ -16,12 +16,12 @@ from celery.signals import worker_process_init, worker_ready
 from celery_batches import Batches
 
 from shared.config.settings import get_worker_settings
-from shared.jobs.deltas import redis_url_of
 from shared.metrics import record
 from shared.queue import (
     CAPTION_SEGMENTS_TASK,
     create_celery,
     queue_for,
+    redis_url_of,
     resolve_broker_url,
     task_name_for,
 )

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 from PIL import Image
@@ -44,6 +44,7 @@ from workers.inference.media import (
     load_video_frames,
 )
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
+from workers.inference.runtime.tiling import tile_count, tile_grid_for, tiles_per_image
 
 log = logging.getLogger("vlmq.worker")
 
@@ -109,7 +110,7 @@ class _Attempt:
     outcome: GenerationResult | Exception | None = None
     done: bool = False
     status: str | None = None
-    stopped_to_hand_back: list[bool] = field(default_factory=list)
+    stopped_to_hand_back: bool = False
     deltas: DeltaWriter | None = None
 
     @property
@@ -166,15 +167,14 @@ class BatchRun:
             log.info("job %s attempt %d started", job_id, attempt)
         heartbeat = LeaseHeartbeat(self.settings.resolved_database_url, job_id, attempt, lease_s=self.settings.lease_s,
                                    interval_s=self.settings.heartbeat_s, deadline_s=timeout_s)
-        claimed = _Attempt(job, attempt, heartbeat, timeout_s)
-        return claimed
+        return _Attempt(job, attempt, heartbeat, timeout_s)
 
     def _stop_signal(self, attempt: _Attempt) -> Callable[[], bool]:
         def stop_when() -> bool:
             if attempt.heartbeat.should_stop():
                 return True
             if self.retry_later is not None and self.handing_back():
-                attempt.stopped_to_hand_back.append(True)
+                attempt.stopped_to_hand_back = True
                 return True
             return False
 
@@ -217,7 +217,10 @@ class BatchRun:
         outcome, job, heartbeat = attempt.outcome, attempt.job, attempt.heartbeat
         with session_scope(self.settings.resolved_database_url) as session:
             if attempt.stopped_to_hand_back and not heartbeat.lost.is_set():  # a cut-short result is worthless
-                return attempt.end(self._hand_back(session, job, attempt.attempt))
+                status = self._requeue(session, job, attempt.attempt, delay_s=0.0)  # at once, for another worker
+                if status:
+                    log.info("job %s attempt %d handed back: the worker is shutting down", job.id, attempt.attempt)
+                return attempt.end(status)
             if heartbeat.lost.is_set():  # canceled or requeued while running: this attempt writes nothing
                 done = f"after {outcome.output_tokens} tokens" if isinstance(outcome, GenerationResult) else "early"
                 log.info("job %s attempt %d stopped %s: lease lost", job.id, attempt.attempt, done)
@@ -250,7 +253,11 @@ class BatchRun:
         if isinstance(error, TransientFailure):
             if self.retry_later is None or number >= self.settings.max_attempts:
                 return _fail(session, job.id, number, error.code, f"{error.message} (after {number} attempts)")
-            return self._retry(session, job, number, error)
+            delay = min(self.settings.retry_backoff_s * 2 ** (number - 1), 300.0)  # exponential backoff
+            status = self._requeue(session, job, number, delay_s=delay)
+            if status:
+                log.warning("job %s attempt %d: %s; retrying in %.0f s", job.id, number, error.message, delay)
+            return status
         if isinstance(error, JobFailure):
             return _fail(session, job.id, number, error.code, error.message)
         if isinstance(error, torch_out_of_memory()):
@@ -260,27 +267,15 @@ class BatchRun:
         log.error("job %s failed", job.id, exc_info=error)
         return _fail(session, job.id, number, "model_error", f"{type(error).__name__}: {error}"[:500])
 
-    def _retry(self, session, job: Job, attempt: int, failure: TransientFailure) -> str | None:
-        """Back to queued, published again after an exponential backoff."""
-        delay = min(self.settings.retry_backoff_s * 2 ** (attempt - 1), 300.0)
+    def _requeue(self, session, job: Job, attempt: int, *, delay_s: float) -> str | None:
+        """Back to queued and published again after ``delay_s`` (a transient failure's retry, or a
+        job handed back by a worker shutting down); None if the attempt had lost the job."""
         try:
             requeue_job(session, job.id, attempt=attempt)
         except StaleTransition:
             return None
         session.commit()  # queued before the message exists, so its delivery finds the job runnable
-        log.warning("job %s attempt %d: %s; retrying in %.0f s", job.id, attempt, failure.message, delay)
-        self.retry_later(job.id, job.task, job.model, delay)
-        return JobStatus.queued.value
-
-    def _hand_back(self, session, job: Job, attempt: int) -> str | None:
-        """The worker is shutting down: back to queued, published again at once for another worker."""
-        try:
-            requeue_job(session, job.id, attempt=attempt)
-        except StaleTransition:
-            return None
-        session.commit()
-        log.info("job %s attempt %d handed back: the worker is shutting down", job.id, attempt)
-        self.retry_later(job.id, job.task, job.model, 0.0)
+        self.retry_later(job.id, job.task, job.model, delay_s)
         return JobStatus.queued.value
 
 
@@ -293,13 +288,13 @@ def _batches(attempts: list[_Attempt], settings: WorkerSettings) -> Iterator[tup
         if attempt.request is not None and attempt.outcome is None and not attempt.done:
             by_model.setdefault(attempt.job.model, []).append(attempt)
     for model_id, waiting in by_model.items():
-        # Like with like: every row of a call is padded to its longest prompt, so jobs of similar
-        # image counts share calls.
-        ready = sorted(waiting, key=lambda attempt: _tile_estimate(attempt.request))
+        # Like with like: rows of one call share its longest prompt's length, so jobs of similar
+        # tile counts share calls.
+        costs = sorted((_tiles_of(attempt.request), index) for index, attempt in enumerate(waiting))
         batch: list[_Attempt] = []
         tiles = 0
-        for attempt in ready:
-            cost = _tile_estimate(attempt.request)
+        for cost, index in costs:
+            attempt = waiting[index]
             if batch and (len(batch) >= settings.batch_max_jobs or tiles + cost > settings.batch_max_tiles):
                 yield model_id, batch
                 batch, tiles = [], 0
@@ -309,13 +304,13 @@ def _batches(attempts: list[_Attempt], settings: WorkerSettings) -> Iterator[tup
             yield model_id, batch
 
 
-def _tile_estimate(request: GenerationRequest) -> int:
-    """At most this many tiles: every image at its tile cap plus a thumbnail, one per video frame."""
+def _tiles_of(request: GenerationRequest) -> int:
+    """The tiles the runtime will cut: each image's grid (and thumbnail) under its tile cap, one
+    per video frame."""
     if request.frames:
         return len(request.frames)
-    per_image = request.max_tiles + (1 if request.max_tiles > 1 else 0)
-    total = per_image * len(request.images)
-    return min(total, request.max_tiles_total + len(request.images)) if request.max_tiles_total else total
+    cap = tiles_per_image(len(request.images), request.max_tiles, request.max_tiles_total)
+    return sum(tile_count(tile_grid_for(image.width, image.height, cap)) for image in request.images)
 
 
 def torch_out_of_memory() -> type[BaseException]:
