@@ -4,6 +4,7 @@ name their job, and the queue depth KEDA scales on."""
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -168,6 +169,7 @@ def test_several_api_processes_serve_one_set_of_metrics(stack_env, tmp_path_fact
     # given an API of two server processes (uvicorn workers) sharing one multiprocess directory
     with isolated_stack(stack_env, tmp_path_factory.mktemp("api-workers"), with_worker=False,
                         VLMQ_API_WORKERS="2") as api:
+        _wait_for_server_processes(api.data_dir / "api.log", 2)
         # when it answers requests on many concurrent connections, until both processes took some
         sent, served_by = 0, set()
 
@@ -189,5 +191,23 @@ def test_several_api_processes_serve_one_set_of_metrics(stack_env, tmp_path_fact
     assert len(served_by) == 2, served_by
 
 
+def _wait_for_server_processes(log_path, count: int, timeout_s: float = 60.0) -> None:
+    """Until ``count`` uvicorn processes have finished starting (the stack is ready with the first)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        started = {line["process"] for line in _log_lines(log_path) if line["message"] == "Application startup complete."}
+        if len(started) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{count} API processes did not start:\n{log_path.read_text()[-4000:]}")
+
+
 def _log_lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    """The log's JSON lines; a last line still being written is left for the next read."""
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [line for line in lines if isinstance(line, dict)]

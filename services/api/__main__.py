@@ -17,6 +17,7 @@ def main() -> None:
         host=settings.api_host,
         port=settings.api_port,
         workers=settings.api_workers,
+        timeout_worker_healthcheck=settings.api_worker_healthcheck_s,
         access_log=settings.api_access_log,
         log_config=logging_config(settings, role="api"),  # applied in every worker process too
     )

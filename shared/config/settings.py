@@ -138,6 +138,10 @@ class ApiSettings(CommonSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_workers: int = Field(default=1, ge=1, description="API server processes.")
+    api_worker_healthcheck_s: int = Field(
+        default=30, ge=1, description="With several API processes: how long uvicorn's supervisor waits for one to "
+        "answer its health ping before it kills and replaces it (uvicorn's own default, 5 s, kills busy processes "
+        "on a loaded machine, dropping their open connections).")
     api_access_log: bool = Field(default=True, description="uvicorn's per-request access log lines.")
     upload_url_ttl_s: int = 3600
     public_url: str | None = Field(
