@@ -14,9 +14,10 @@ from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
 from services.api.events import deltas_reader
 from services.api.limits import TenantLimiter
+from services.api.openai import OPENAI_SCHEMAS
 from services.api.metrics import RequestMetrics, api_metrics_registry
 from services.api.metrics import router as metrics_router
-from services.api.routes import health, indexes, jobs, models, uploads, webhooks
+from services.api.routes import health, indexes, jobs, models, openai_chat, uploads, webhooks
 from services.api.schemas import JobCreate
 from services.api.submitter import JobSubmitter
 from services.api.waiting import JobWaiter
@@ -64,7 +65,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.metrics_registry = api_metrics_registry(settings)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
-    for module in (health, jobs, uploads, models, webhooks, indexes):
+    for module in (health, jobs, uploads, models, webhooks, indexes, openai_chat):
         app.include_router(module.router)
     app.include_router(metrics_router)
     app.openapi = lambda: _openapi_with_job_create(app)
@@ -77,7 +78,7 @@ def _openapi_with_job_create(app: FastAPI) -> dict:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (JobCreate, *indexes.INDEX_SCHEMAS):
+        for model in (JobCreate, *indexes.INDEX_SCHEMAS, *OPENAI_SCHEMAS):
             document = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(document.pop("$defs", {}))
             components[model.__name__] = document

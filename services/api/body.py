@@ -39,7 +39,7 @@ async def read_capped_body(request: Request, limit: int, message: str) -> bytes:
     return bytes(body)
 
 
-def _validation_details(error: ValidationError) -> ValidationFailed:
+def validation_failure(error: ValidationError) -> ValidationFailed:
     problems = [
         {"loc": [str(part) for part in item["loc"]], "message": item["msg"]} for item in error.errors()
     ]
@@ -101,7 +101,7 @@ class JobBodyReader:
             except json.JSONDecodeError as error:
                 raise ValidationFailed(f"the request part is not JSON: {error}") from error
             except ValidationError as error:
-                raise _validation_details(error) from error
+                raise validation_failure(error) from error
             check_media_fits_task(spec, media)
         except ValidationFailed:
             await run_in_threadpool(discard_new_media, self.store, media)
@@ -113,7 +113,7 @@ class JobBodyReader:
         try:
             create = JobCreate.model_validate_json(body or b"{}")
         except ValidationError as error:
-            raise _validation_details(error) from error
+            raise validation_failure(error) from error
         refs = create.input.refs() if create.input else []
         for ref in refs:
             if ref.url is not None:

@@ -85,46 +85,71 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
+# Routes that follow OpenAI's shapes, errors included (API.md, OpenAI-compatible routes).
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/files", "/v1/batches")
+
+
+def speaks_openai(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in OPENAI_PATHS)
+
+
+def openai_error_body(status_code: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object: what its client turns into ``openai.APIStatusError`` subclasses."""
+    kind = "server_error" if status_code >= 500 else "requests" if status_code == 429 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(request: Request, status_code: int, code: str, message: str,
+                   details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one place an error becomes a response: API.md's shape, or OpenAI's on its routes."""
+    if speaks_openai(request.url.path):
+        location = ((details or {}).get("errors") or [{}])[0].get("loc", [])
+        param = ".".join(location[1:] if location[:1] == ["body"] else location) or None
+        return JSONResponse(openai_error_body(status_code, code, message, param), status_code, headers)
+    return JSONResponse(error_body(code, message, details), status_code, headers)
+
+
 _STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "media_too_large"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else error.headers
-        return JSONResponse(error_body(error.code, error.message, error.details), error.status_code, headers)
+        return error_response(request, error.status_code, error.code, error.message, error.details, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [
             {"loc": [str(part) for part in item.get("loc", ())], "message": item.get("msg", "")}
             for item in error.errors()
         ]
         message = "; ".join(f"{'.'.join(p['loc'])}: {p['message']}" for p in problems) or "invalid request"
-        return JSONResponse(error_body("validation_error", message, {"errors": problems}), 400)
+        return error_response(request, 400, "validation_error", message, {"errors": problems})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(error.status_code, "http_error")
-        return JSONResponse(error_body(code, str(error.detail)), error.status_code, getattr(error, "headers", None))
+        return error_response(request, error.status_code, code, str(error.detail), None,
+                              getattr(error, "headers", None))
 
     @app.exception_handler(DataError)
-    async def _unstorable_value(_request: Request, error: Exception) -> JSONResponse:
+    async def _unstorable_value(request: Request, error: Exception) -> JSONResponse:
         # A value the database cannot hold (a NUL character in a path or query parameter…): the
         # client's input, not the server's fault.
         log.info("refused a value the database cannot store: %s", str(error).splitlines()[0][:200])
-        return JSONResponse(error_body("validation_error", "the request holds a value that cannot be stored, "
-                                       "such as a NUL character"), 400)
+        return error_response(request, 400, "validation_error", "the request holds a value that cannot be stored, "
+                              "such as a NUL character")
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
-    async def _database_down(_request: Request, error: Exception) -> JSONResponse:
+    async def _database_down(request: Request, error: Exception) -> JSONResponse:
         # The connection pool drops the broken connections; the next request gets fresh ones.
         log.warning("database unavailable: %s", str(error).splitlines()[0][:200])
-        return JSONResponse(error_body("database_unavailable", "the database is not reachable; retry shortly"), 503,
-                            {"Retry-After": "2"})
+        return error_response(request, 503, "database_unavailable", "the database is not reachable; retry shortly",
+                              headers={"Retry-After": "2"})
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=error)
-        return JSONResponse(error_body("internal_error", "internal error; it has been logged"), 500)
+        return error_response(request, 500, "internal_error", "internal error; it has been logged")

@@ -49,7 +49,8 @@ def request_sha256(spec: JobSpec, *, refs: list[InputRef], media: list[StoredMed
     to storage), JSON inputs by their refs as given.
     """
     content = {
-        "spec": spec.model_dump(mode="json"),
+        # Without ``system`` when it is unset, so keys taken before the field existed still match.
+        "spec": spec.model_dump(mode="json", exclude={"system"} if spec.system is None else None),
         "input": [ref.model_dump(mode="json", exclude_none=True) for ref in refs],
         "files": [item.sha256 for item in media or []],
     }

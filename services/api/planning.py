@@ -37,7 +37,7 @@ def plan_job(
         n_frames=n_frames,
         multi_image=spec.options.multi_image,
         history=[(turn.user, turn.assistant) for turn in spec.history or []],
-        system_message=checkpoint.system_message,
+        system_message=checkpoint.system_message if spec.system is None else spec.system,
     )
     return PlanPublic(
         prompt=prompt,

@@ -114,6 +114,9 @@ class JobSpec(RequestBody):
     task: JobTask
     prompt: str | None = Field(default=None, max_length=32_000)
     history: list[HistoryTurn] | None = None
+    system: str | None = Field(
+        default=None, max_length=32_000,
+        description="Task chat only: the system message, in place of the model's own (an extension of API.md).")
     model: str | None = None
     options: JobOptions = Field(default_factory=JobOptions)
     stream: bool = False
@@ -131,6 +134,8 @@ class JobSpec(RequestBody):
     def _task_fields(self) -> JobSpec:
         if self.history and self.task is not JobTask.chat:
             raise ValueError("history is only for task chat")
+        if self.system is not None and self.task is not JobTask.chat:
+            raise ValueError("system is only for task chat")
         if self.task in (JobTask.vqa, JobTask.grounding, JobTask.chat, JobTask.video_qa) and not (self.prompt or "").strip():
             raise ValueError(f"task {self.task.value} needs a prompt")
         return self
@@ -168,6 +173,7 @@ class JobPublic(BaseModel):
     model: str
     prompt: str | None
     history: list[HistoryTurn] | None = None
+    system: str | None = None
     options: dict[str, Any]
     metadata: dict[str, Any]
     input: dict[str, list[MediaItemPublic]]

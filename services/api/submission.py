@@ -94,6 +94,7 @@ def job_rows(
         "model": model_id,
         "prompt": spec.prompt,
         "history": [turn.model_dump() for turn in spec.history] if spec.history else None,
+        "system": spec.system,
         "options": spec.options.model_dump(),
         "metadata": spec.metadata,
         "input": {"items": [item.as_input_item() for item in media]},

@@ -60,6 +60,11 @@ class CommonSettings(BaseSettings):
     media_fetch_timeout_s: float = Field(default=300.0, gt=0, description="Longest a media URL may take to fetch.")
     max_video_duration_s: float = Field(default=4 * 3600.0, gt=0, description="Longest video a job may sample.")
     max_video_side: int = Field(default=8192, gt=0, description="Widest or tallest video frame, in pixels.")
+    # The OpenAI-compatible surface: a chat completion body and a batch line are the same request.
+    openai_max_request_bytes: int = Field(
+        default=64 * MiB, ge=1024,
+        description="Largest /v1/chat/completions body and largest batch input line (images as data: URLs).")
+    batch_max_lines: int = Field(default=50_000, ge=1, description="Most requests in one batch input file.")
     # Operations: logs and metrics, the same for every process role.
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one object per line, with job_id on every line about a job."
@@ -160,6 +165,11 @@ class ApiSettings(CommonSettings):
         default_factory=dict,
         description='Per-tenant overrides, JSON: {"acme": {"jobs_per_minute": 60, "max_queued_jobs": 100}}.',
     )
+    chat_completion_wait_s: float = Field(
+        default=600.0, gt=0,
+        description="How long POST /v1/chat/completions holds a request for its job (the openai client's own "
+        "timeout is 600 s); after that it answers 504 naming the job, which runs on.")
+    batch_max_file_bytes: int = Field(default=200 * MiB, ge=1024, description="Largest batch input file.")
 
     @model_validator(mode="after")
     def _refuse_keyless_production(self) -> ApiSettings:
@@ -191,6 +201,16 @@ class WorkerSettings(CommonSettings):
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
+    batch_chunk_lines: int = Field(
+        default=500, ge=1, le=5000, description="Batch input lines turned into jobs per transaction.")
+    batch_sweep_s: float = Field(
+        default=1.0, gt=0,
+        description="How often the frames worker looks for batches to finish, cancel, expire or hand on.")
+    batch_lease_s: float = Field(default=120.0, gt=0, description="How long a batch being expanded may go unheard of.")
+    batch_queued_jobs: int = Field(
+        default=2000, ge=1,
+        description="A tenant's queued jobs above which its batches stop adding more until the queue drains: "
+        "a 50,000-line batch is fed in, never dumped ahead of everyone's interactive jobs.")
     # Cross-job batching: jobs that arrive together run through the model together.
     batch_max_jobs: int = Field(default=8, ge=1, le=256, description="Most jobs in one model call.")
     batch_max_tiles: int = Field(

@@ -17,6 +17,7 @@ def job_fields(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
         "model": job.model,
         "prompt": job.prompt,
         "history": job.history,
+        "system": job.system,
         "options": job.options,
         "metadata": job.metadata_,
         "input": job.input,

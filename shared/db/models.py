@@ -99,6 +99,9 @@ class Job(Base):
         Index("ux_jobs_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True),
         # The queued-jobs cap (services.api.limits) counts a tenant's queued jobs.
         Index("ix_jobs_tenant_id_status", "tenant_id", "status"),
+        # A batch's jobs: one per input line (re-expanding a line inserts nothing), counted by status.
+        Index("ux_jobs_batch_id_batch_line", "batch_id", "batch_line", unique=True),
+        Index("ix_jobs_batch_id_status", "batch_id", "status"),
     )
 
     # Ids sort by creation time (see shared.ids), so "newest first" is ORDER BY id DESC.
@@ -129,6 +132,12 @@ class Job(Base):
     # A video job's sampled frames, once the frames worker extracted them: where the frame bundle
     # is, which frames, what the video is (workers.frames).
     prepared: Mapped[dict[str, Any] | None]
+    # A chat job's system message (OpenAI's system role); None: the checkpoint's own.
+    system: Mapped[str | None] = mapped_column(Text)
+    # The OpenAI batch and input line (1-based) the job was made from, and the line's custom_id.
+    batch_id: Mapped[str | None] = mapped_column(String(40))
+    batch_line: Mapped[int | None] = mapped_column(Integer)
+    custom_id: Mapped[str | None] = mapped_column(String(512))
 
 
 class JobResult(Base):
@@ -285,3 +294,70 @@ class IndexSegment(Base):
     text: Mapped[str | None] = mapped_column(Text)
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoredFile(Base):
+    """A file of the OpenAI-compatible Files API: a batch's input, output or error JSONL."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_id_id", "tenant_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(32))  # batch | batch_output
+    filename: Mapped[str] = mapped_column(String(255))
+    object_key: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    line_count: Mapped[int] = mapped_column(Integer)  # lines that are not blank
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Batch(Base):
+    """An OpenAI-compatible batch: every line of its input file becomes one chat job.
+
+    Status and timestamps move only by compare-and-set writes (``shared.batches``)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index("ix_batches_tenant_id_id", "tenant_id", "id"),
+        Index("ix_batches_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)  # why the whole batch failed
+    lines_total: Mapped[int] = mapped_column(Integer)
+    # Expansion: input lines read so far (committed with their jobs), lines refused, whether done,
+    # and the lease of the frames worker expanding it (the sweeper hands a lapsed one on).
+    lines_read: Mapped[int] = mapped_column(Integer, default=0)
+    lines_invalid: Mapped[int] = mapped_column(Integer, default=0)
+    expanded: Mapped[bool] = mapped_column(Boolean, default=False)
+    expand_lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    in_progress_at: Mapped[datetime | None]
+    finalizing_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    cancelling_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+
+
+class BatchLineError(Base):
+    """An input line that could not become a job: it goes to the batch's error file."""
+
+    __tablename__ = "batch_line_errors"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    custom_id: Mapped[str | None] = mapped_column(String(512))
+    code: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)

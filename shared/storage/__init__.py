@@ -10,6 +10,7 @@ from shared.storage.keys import (
     staging_key,
     tenant_prefix,
     thumbnail_key,
+    file_key,
     upload_key,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "staging_key",
     "tenant_prefix",
     "thumbnail_key",
+    "file_key",
     "upload_key",
 ]

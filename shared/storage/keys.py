@@ -37,5 +37,10 @@ def thumbnail_key(tenant_id: str, index_id: str, video_id: str, seq: int) -> str
     return f"{index_prefix(tenant_id, index_id)}{video_id}/thumb-{seq:05d}.jpg"
 
 
+def file_key(tenant_id: str, file_id: str) -> str:
+    """A file of the OpenAI-compatible Files API (batch input, output and error JSONL)."""
+    return f"{tenant_prefix(tenant_id)}files/{file_id}.jsonl"
+
+
 def upload_key(tenant_id: str, upload_id: str) -> str:
     return f"{tenant_prefix(tenant_id)}uploads/{upload_id}"

@@ -66,6 +66,7 @@ def _request_for(job: Job, images: list[Image.Image], *, frames: list | None = N
         max_tiles_total=options.get("max_tiles_total"),
         multi_image=options.get("multi_image", "numbered"),
         history=[(turn["user"], turn["assistant"]) for turn in job.history or []],
+        system_message=job.system,
         max_new_tokens=options.get("max_new_tokens", 512),
         temperature=options.get("temperature", 0.0),
         top_p=options.get("top_p"),
@@ -77,6 +78,8 @@ def _result_body(job: Job, result: GenerationResult, video: VideoFrames | None =
     body = {
         "text": result.text,
         "usage": {"input_tokens": result.input_tokens, "output_tokens": result.output_tokens, "tiles": result.tiles},
+        # "stop" or "length" (max_new_tokens ran out): an extension of API.md's result.
+        "finish_reason": result.finish_reason,
         "timings_ms": {
             "queue": round((job.started_at - job.created_at).total_seconds() * 1000, 1),
             "preprocess": round(result.preprocess_ms, 1),

@@ -89,7 +89,7 @@ class InternVLRuntime:
             n_images=n_images,
             multi_image=request.multi_image,
             history=request.history,
-            system_message=self.checkpoint.system_message,
+            system_message=self.checkpoint.system_message if request.system_message is None else request.system_message,
         )
         text = expand_image_placeholders(prompt, [sum(tiles)] if combined else tiles)
         pixel_values = np.concatenate(pixel_arrays) if pixel_arrays else None
@@ -224,6 +224,7 @@ class InternVLRuntime:
                     token_ids=tokens,
                     batch_id=batch_id,
                     batch_size=len(batch),
+                    finish_reason=self._finish_reason(tokens, item.request.max_new_tokens),
                 )
             )
         return results
@@ -264,6 +265,10 @@ class InternVLRuntime:
         if self.stop_token_id in tokens:
             tokens = tokens[: tokens.index(self.stop_token_id) + 1]
         return [token for token in tokens if token != self.tokenizer.pad_token_id]
+
+    def _finish_reason(self, tokens: list[int], max_new_tokens: int) -> str:
+        ran_out = len(tokens) >= max_new_tokens and (not tokens or tokens[-1] != self.stop_token_id)
+        return "length" if ran_out else "stop"
 
     def _text_of(self, tokens: list[int]) -> str:
         # The embedding table is padded past the tokenizer; ids beyond it have no text (and would

@@ -75,15 +75,15 @@ def build_prompt(
 ) -> str:
     """The chat-template text with each image (or all, when combined) or video frame as one ``<image>``.
 
-    Media placeholders belong to the first user turn, as upstream stores them in its history; a first
-    turn that already has an ``<image>`` gets no prefix (upstream's ``chat()`` adds its ``<image>\\n``
-    only to a question without one).
+    Media placeholders belong to the first user turn, as upstream stores them in its history; turns
+    that already place an ``<image>`` get no prefix (upstream's ``chat()`` adds its ``<image>\\n``
+    only to a question without one; OpenAI-style messages place each image in their own turn).
     """
     prefix = media_prefix(n_images, multi_image, n_frames=n_frames)
     turns: list[tuple[str, str | None]] = [(user, assistant) for user, assistant in (history or [])]
     turns.append((question, None))
     first_user = turns[0][0]
-    if prefix and IMAGE_PLACEHOLDER not in first_user:
+    if prefix and not any(IMAGE_PLACEHOLDER in user for user, _ in turns):
         turns[0] = (prefix + first_user, turns[0][1])
     return template.render(turns, system_message=system_message)
 

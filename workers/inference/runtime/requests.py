@@ -17,6 +17,7 @@ class GenerationRequest:
     max_tiles_total: int | None = None
     multi_image: str = "numbered"
     history: list[tuple[str, str]] = field(default_factory=list)
+    system_message: str | None = None  # None: the checkpoint's own
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float | None = None
@@ -38,3 +39,4 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)  # generated, up to and including the stop token
     batch_id: str = ""  # the generate call that produced it, shared by its batch-mates
     batch_size: int = 1
+    finish_reason: str = "stop"  # "length": max_new_tokens ran out before the model stopped
