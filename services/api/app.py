@@ -14,10 +14,20 @@ from services.api.catalog import ModelCatalog
 from services.api.errors import install_error_handlers
 from services.api.events import deltas_reader
 from services.api.limits import TenantLimiter
-from services.api.openai import OPENAI_SCHEMAS
 from services.api.metrics import RequestMetrics, api_metrics_registry
 from services.api.metrics import router as metrics_router
-from services.api.routes import health, indexes, jobs, models, openai_chat, uploads, webhooks
+from services.api.openai import OPENAI_SCHEMAS
+from services.api.routes import (
+    health,
+    indexes,
+    jobs,
+    models,
+    openai_batches,
+    openai_chat,
+    openai_files,
+    uploads,
+    webhooks,
+)
 from services.api.schemas import JobCreate
 from services.api.submitter import JobSubmitter
 from services.api.waiting import JobWaiter
@@ -65,7 +75,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.metrics_registry = api_metrics_registry(settings)
     app.add_middleware(RequestMetrics)
     install_error_handlers(app)
-    for module in (health, jobs, uploads, models, webhooks, indexes, openai_chat):
+    for module in (health, jobs, uploads, models, webhooks, indexes, openai_chat, openai_files, openai_batches):
         app.include_router(module.router)
     app.include_router(metrics_router)
     app.openapi = lambda: _openapi_with_job_create(app)

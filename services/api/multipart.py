@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
@@ -13,6 +14,8 @@ from services.api.errors import ValidationFailed
 from services.api.ingest import MediaIngest, StoredMedia
 from shared.storage import ObjectStore
 
+T_co = TypeVar("T_co", covariant=True)
+T = TypeVar("T")
 MAX_FIELD_BYTES = 64 * 1024
 FILE_PART = "file"
 REQUEST_PART = "request"
@@ -49,21 +52,33 @@ def discard_new_media(store: ObjectStore, media: list[StoredMedia]) -> None:
             store.delete(item.object_key)
 
 
-async def parse_media_form(
-    request: Request, *, new_ingest: Callable[[], MediaIngest], store: ObjectStore
-) -> tuple[str | None, list[StoredMedia]]:
-    """The ``request`` part's text and every ``file`` part, stored (or inspected) in order."""
+class PartSink(Protocol[T_co]):
+    """Where one file part's bytes go as they arrive (``MediaIngest``, a batch file's writer)."""
+
+    async def feed(self, chunk: bytes) -> None: ...
+
+    async def finish(self) -> T_co: ...
+
+    async def abort(self) -> None: ...
+
+
+async def parse_streaming_form(
+    request: Request, *, open_file: Callable[[str | None], PartSink[T]], text_fields: tuple[str, ...],
+    discard: Callable[[list[T]], None],
+) -> tuple[dict[str, str], list[T]]:
+    """The text of each of ``text_fields`` that came, and every ``file`` part, streamed in order
+    through a sink ``open_file(filename)`` opens. On any failure the sinks are aborted and
+    ``discard`` gets what finished sinks produced."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise ValidationFailed("expected multipart/form-data with a boundary")
     events = _Events()
     parser = MultipartParser(boundary, events.callbacks())
-    stored: list[StoredMedia] = []
-    request_text = bytearray()
-    saw_request = False
+    finished: list[T] = []
+    texts: dict[str, bytearray] = {}
     current_name: str | None = None
-    ingest: MediaIngest | None = None
+    sink: PartSink[T] | None = None
     complete = False
     try:
         async for chunk in request.stream():
@@ -79,26 +94,38 @@ async def parse_media_form(
                     _, disposition = parse_options_header(event[2])
                     current_name = disposition.get(b"name", b"").decode()
                     if current_name == FILE_PART:
-                        ingest = new_ingest()
-                    elif current_name == REQUEST_PART:
-                        saw_request = True
+                        filename = disposition.get(b"filename")
+                        sink = open_file(filename.decode("utf-8", errors="replace") if filename else None)
+                    elif current_name in text_fields:
+                        texts.setdefault(current_name, bytearray())
                 elif kind == "data":
-                    if ingest is not None:
-                        await ingest.feed(event[1])
-                    elif current_name == REQUEST_PART:
-                        request_text += event[1]
-                        if len(request_text) > MAX_FIELD_BYTES:
-                            raise ValidationFailed(f"the request part is larger than {MAX_FIELD_BYTES} bytes")
-                elif kind == "end" and ingest is not None:
-                    finished, ingest = ingest, None
-                    stored.append(await finished.finish())
+                    if sink is not None:
+                        await sink.feed(event[1])
+                    elif current_name in texts:
+                        texts[current_name] += event[1]
+                        if len(texts[current_name]) > MAX_FIELD_BYTES:
+                            raise ValidationFailed(f"the {current_name} part is larger than {MAX_FIELD_BYTES} bytes")
+                elif kind == "end" and sink is not None:
+                    done, sink = sink, None
+                    finished.append(await done.finish())
                 elif kind == "body_end":
                     complete = True
         if not complete:
             raise ValidationFailed("the multipart body ended before its closing boundary")
     except BaseException:
-        if ingest is not None:
-            await ingest.abort()
-        await run_in_threadpool(discard_new_media, store, stored)
+        if sink is not None:
+            await sink.abort()
+        await run_in_threadpool(discard, finished)
         raise
-    return (request_text.decode("utf-8", errors="replace") if saw_request else None), stored
+    return {name: text.decode("utf-8", errors="replace") for name, text in texts.items()}, finished
+
+
+async def parse_media_form(
+    request: Request, *, new_ingest: Callable[[], MediaIngest], store: ObjectStore
+) -> tuple[str | None, list[StoredMedia]]:
+    """The ``request`` part's text and every ``file`` part, stored (or inspected) in order."""
+    texts, stored = await parse_streaming_form(
+        request, open_file=lambda _filename: new_ingest(), text_fields=(REQUEST_PART,),
+        discard=lambda media: discard_new_media(store, media),
+    )
+    return texts.get(REQUEST_PART), stored

@@ -201,16 +201,6 @@ class WorkerSettings(CommonSettings):
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
-    batch_chunk_lines: int = Field(
-        default=500, ge=1, le=5000, description="Batch input lines turned into jobs per transaction.")
-    batch_sweep_s: float = Field(
-        default=1.0, gt=0,
-        description="How often the frames worker looks for batches to finish, cancel, expire or hand on.")
-    batch_lease_s: float = Field(default=120.0, gt=0, description="How long a batch being expanded may go unheard of.")
-    batch_queued_jobs: int = Field(
-        default=2000, ge=1,
-        description="A tenant's queued jobs above which its batches stop adding more until the queue drains: "
-        "a 50,000-line batch is fed in, never dumped ahead of everyone's interactive jobs.")
     # Cross-job batching: jobs that arrive together run through the model together.
     batch_max_jobs: int = Field(default=8, ge=1, le=256, description="Most jobs in one model call.")
     batch_max_tiles: int = Field(
@@ -259,6 +249,16 @@ class FramesSettings(CommonSettings):
     index_lease_s: float = Field(default=120.0, gt=0, description="How long a video being cut may go unheard of.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
+    batch_chunk_lines: int = Field(
+        default=500, ge=1, le=5000, description="Batch input lines turned into jobs per transaction.")
+    batch_sweep_s: float = Field(
+        default=1.0, gt=0,
+        description="How often the frames worker looks for batches to finish, cancel, expire or hand on.")
+    batch_lease_s: float = Field(default=120.0, gt=0, description="How long a batch being expanded may go unheard of.")
+    batch_queued_jobs: int = Field(
+        default=2000, ge=1,
+        description="A tenant's queued jobs above which its batches stop adding more until the queue drains: "
+        "a 50,000-line batch is fed in, never dumped ahead of everyone's interactive jobs.")
 
 
 @lru_cache

@@ -18,6 +18,10 @@ PREPARE_FRAMES_TASK = "vlmq.frames.prepare"
 # inference workers caption one batch per task on the index model's queue.
 INDEX_VIDEO_TASK = "vlmq.frames.index_video"
 CAPTION_SEGMENTS_TASK = "vlmq.inference.caption_segments"
+# OpenAI-compatible batches: the frames worker reads the input file and makes one job per line, and
+# settles batches (cancel, expire, write the output and error files); its sweeper rings both again.
+EXPAND_BATCH_TASK = "vlmq.frames.expand_batch"
+SETTLE_BATCH_TASK = "vlmq.frames.settle_batch"
 
 
 def route_for(task: JobTask | str, model_id: str, *, prepared: bool) -> tuple[str, str]:

@@ -1,0 +1,100 @@
+"""OpenAI's batch object and the API's reads and writes of batches (the frames worker does the rest:
+``workers.frames.batches``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.api.errors import Conflict, NotFound, ValidationFailed
+from services.api.openai.files import get_file
+from services.api.schemas import RequestBody
+from shared.batches.progress import VALIDATING, job_counts, request_counts
+from shared.db.models import Batch, utcnow
+from shared.ids import new_id
+
+ENDPOINTS = ("/v1/chat/completions",)
+COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+
+
+class BatchCreate(RequestBody):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1, max_length=40)
+    endpoint: Literal["/v1/chat/completions"]
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+
+    @field_validator("metadata")
+    @classmethod
+    def _short_values(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, item in (value or {}).items():
+            if len(key) > 64 or len(item) > 512:
+                raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return value
+
+
+class BatchNotCancellableError(Conflict):
+    code = "batch_not_cancellable"
+    headers = {"x-should-retry": "false"}  # noqa: RUF012  (the openai client would retry a 409 otherwise)
+
+
+def _unix(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def batch_object(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": batch.id, "object": "batch", "endpoint": batch.endpoint,
+        "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
+        "input_file_id": batch.input_file_id, "completion_window": batch.completion_window,
+        "status": batch.status, "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
+        **{name: _unix(getattr(batch, name)) for name in (
+            "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
+            "expired_at", "cancelling_at", "cancelled_at")},
+        "request_counts": request_counts(batch, counts),
+        "metadata": batch.metadata_,
+    }
+
+
+def batch_document(session: Session, batch: Batch) -> dict[str, Any]:
+    return batch_object(batch, job_counts(session, batch.id))
+
+
+def create_batch(session: Session, tenant_id: str, body: BatchCreate) -> Batch:
+    source = get_file(session, tenant_id, body.input_file_id)
+    if source.purpose != "batch":
+        raise ValidationFailed(f"file {source.id} has purpose {source.purpose}, not batch", code="invalid_file",
+                               details={"errors": [{"loc": ["input_file_id"], "message": "not a batch file"}]})
+    if source.line_count == 0:
+        raise ValidationFailed(f"file {source.id} holds no requests", code="empty_file",
+                               details={"errors": [{"loc": ["input_file_id"], "message": "empty file"}]})
+    now = utcnow()
+    batch = Batch(
+        id=new_id("batch"), tenant_id=tenant_id, status=VALIDATING, endpoint=body.endpoint,
+        completion_window=body.completion_window, input_file_id=source.id, metadata_=body.metadata,
+        lines_total=source.line_count, lines_read=0, lines_invalid=0, expanded=False, created_at=now,
+        expires_at=now + COMPLETION_WINDOWS[body.completion_window],
+    )
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def get_batch(session: Session, tenant_id: str, batch_id: str) -> Batch:
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.tenant_id != tenant_id:
+        raise NotFound(f"No such Batch object: {batch_id}", code="batch_not_found")
+    return batch
+
+
+def list_batches(session: Session, tenant_id: str, *, limit: int, after: str | None) -> tuple[list[Batch], bool]:
+    query = select(Batch).where(Batch.tenant_id == tenant_id)
+    if after:
+        query = query.where(Batch.id < after)
+    rows = list(session.scalars(query.order_by(Batch.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
