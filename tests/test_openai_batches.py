@@ -7,17 +7,19 @@ import base64
 import json
 import threading
 import time
+from datetime import timedelta
 
 import openai
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from shared.config.settings import FramesSettings
 from shared.db.engine import session_scope
-from shared.db.models import Job
+from shared.db.models import Batch, Job, utcnow
 from shared.storage import open_store
 from tests.conftest import TENANT_KEYS
 from tests.support.media import png_bytes
+from tests.support.services import isolated_stack, wait_until
 from workers.frames.batches import expand_batch
 
 CHAT = "/v1/chat/completions"
@@ -199,3 +201,52 @@ def test_files_and_batches_refuse_bad_input_in_openai_shape(client):
     with pytest.raises(openai.NotFoundError):
         stranger.files.retrieve(empty.id)
     assert client.files.delete(empty.id).deleted
+
+
+def test_a_batch_whose_window_ends_expires_with_its_unfinished_lines_in_the_error_file(client, database_url):
+    # given a running batch of long requests
+    lines = [json.dumps(request_line(f"slow-{n}", f"Essay {n}", max_tokens=400)) for n in range(60)]
+    uploaded = client.files.create(file=("slow.jsonl", "\n".join(lines).encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+    wait_for_batch(client, batch.id, ("in_progress",), timeout_s=60)
+
+    # when its completion window has passed
+    with session_scope(database_url) as session:
+        session.execute(update(Batch).where(Batch.id == batch.id).values(expires_at=utcnow() - timedelta(seconds=1)))
+
+    # then the sweeper expires it: no job left open, unfinished lines reported as batch_expired
+    done = wait_for_batch(client, batch.id, ("expired",), timeout_s=120)
+    assert done.expired_at and done.request_counts.total == 60
+    with session_scope(database_url) as session:
+        open_jobs = session.scalar(select(func.count()).where(Job.batch_id == batch.id,
+                                                              Job.status.in_(("queued", "running"))))
+    assert open_jobs == 0
+    errors = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    assert errors and {line["error"]["code"] for line in errors} == {"batch_expired"}
+
+
+def test_expansion_waits_while_the_tenants_queue_is_full_and_resumes_as_it_drains(stack_env, tmp_path_factory):
+    # given a stack whose frames worker keeps at most 30 of a tenant's jobs queued, and no inference worker yet
+    with isolated_stack(stack_env, tmp_path_factory.mktemp("paced"), with_worker=False,
+                        VLMQ_BATCH_QUEUED_JOBS="30", VLMQ_BATCH_CHUNK_LINES="10") as paced:
+        paced.processes.append(paced._celery("frames", "workers.frames.celery_app", pool="prefork", concurrency=1))
+        client = openai.OpenAI(api_key=TENANT_KEYS["acme"], base_url=f"{paced.api_url}/v1", max_retries=0)
+        lines = [json.dumps(request_line(f"paced-{n}")) for n in range(100)]
+        uploaded = client.files.create(file=("paced.jsonl", "\n".join(lines).encode()), purpose="batch")
+
+        # when the batch is created
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+
+        # then its expansion stops near the cap while nothing drains the queue
+        def made() -> int:
+            with session_scope(paced.database_url) as session:
+                return session.scalar(select(func.count()).where(Job.batch_id == batch.id))
+
+        wait_until(lambda: made() >= 30, timeout_s=60, what="the first jobs of the batch")
+        time.sleep(3)
+        assert 30 <= made() <= 40 and client.batches.retrieve(batch.id).status == "in_progress"
+
+        # and once a worker drains the queue, the rest follows and the batch completes
+        paced.add_worker("worker")
+        done = wait_for_batch(client, batch.id, ("completed", "failed"), timeout_s=240)
+        assert done.status == "completed" and done.request_counts.completed == 100 and made() == 100

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
-from services.api.errors import ValidationFailed
+from services.api.errors import NotFound, ValidationFailed
 from services.api.multipart import parse_streaming_form
 from services.api.openai.files import (
     PURPOSES,
@@ -22,6 +22,7 @@ from services.api.openai.files import (
 )
 from shared.db.engine import session_scope
 from shared.db.models import StoredFile
+from shared.storage import ObjectNotFound
 
 router = APIRouter(prefix="/v1/files", tags=["openai"])
 
@@ -86,6 +87,10 @@ def read_file(file_id: str, tenant: TenantDep, session: SessionDep) -> dict:
             responses={200: {"content": {"application/jsonl": {}}, "description": "The file's bytes."}})
 def read_file_content(file_id: str, tenant: TenantDep, session: SessionDep, store: StorageDep) -> StreamingResponse:
     row = get_file(session, tenant, file_id)
+    try:
+        store.size(row.object_key)  # a missing object is a 404 now, not a stream cut short later
+    except ObjectNotFound:
+        raise NotFound(f"the content of file {file_id} is gone from storage", code="file_not_found") from None
     return StreamingResponse(store.iter_chunks(row.object_key), media_type="application/jsonl",
                              headers={"content-length": str(row.size_bytes)})
 
