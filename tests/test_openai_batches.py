@@ -250,3 +250,18 @@ def test_expansion_waits_while_the_tenants_queue_is_full_and_resumes_as_it_drain
         paced.add_worker("worker")
         done = wait_for_batch(client, batch.id, ("completed", "failed"), timeout_s=240)
         assert done.status == "completed" and done.request_counts.completed == 100 and made() == 100
+
+
+def test_a_file_of_more_requests_than_a_batch_may_hold_is_refused_as_it_streams(client):
+    # given 50,001 requests, one past the cap, as a file (the lines need not be valid to be counted)
+    content = b'{"custom_id": "x"}\n' * 50_001
+
+    # when uploaded, then refused by name, and nothing is kept
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("big.jsonl", content), purpose="batch")
+    assert refused.value.code == "too_many_lines"
+    assert all(listed.filename != "big.jsonl" for listed in client.files.list(purpose="batch"))
+    # while exactly 50,000 are taken, blank lines not counted
+    accepted = client.files.create(file=("full.jsonl", content[: 19 * 50_000] + b"\n\n"), purpose="batch")
+    assert accepted.bytes == 19 * 50_000 + 2
+    client.files.delete(accepted.id)

@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from services.api.body import validation_failure
@@ -360,35 +360,34 @@ def _job_line(job, final_status: str) -> tuple[str, dict]:
 
 
 def _job_pages(database_url: str, batch_id: str) -> Iterator[Any]:
+    return _keyset_pages(database_url, lambda after: (
+        select(Job.id, Job.batch_line, Job.custom_id, Job.status, Job.error, Job.created_at, Job.model,
+               JobResult.result)
+        .outerjoin(JobResult, JobResult.job_id == Job.id)
+        .where(Job.batch_id == batch_id, Job.batch_line > after)
+        .order_by(Job.batch_line)
+    ), position=lambda row: row.batch_line)
+
+
+def _line_error_pages(database_url: str, batch_id: str) -> Iterator[Any]:
+    return _keyset_pages(database_url, lambda after: (
+        select(BatchLineError.line, BatchLineError.custom_id, BatchLineError.code, BatchLineError.message)
+        .where(BatchLineError.batch_id == batch_id, BatchLineError.line > after)
+        .order_by(BatchLineError.line)
+    ), position=lambda row: row.line)
+
+
+def _keyset_pages(database_url: str, query_after: Callable[[int], Select], *,
+                  position: Callable[[Any], int]) -> Iterator[Any]:
+    """Every row of ``query_after(position)``, a page per short transaction, never all at once."""
     after = 0
     while True:
         with session_scope(database_url) as session:
-            rows = session.execute(
-                select(Job.id, Job.batch_line, Job.custom_id, Job.status, Job.error, Job.created_at, Job.model,
-                       JobResult.result)
-                .outerjoin(JobResult, JobResult.job_id == Job.id)
-                .where(Job.batch_id == batch_id, Job.batch_line > after)
-                .order_by(Job.batch_line).limit(PAGE)
-            ).all()
+            rows = session.execute(query_after(after).limit(PAGE)).all()
         yield from rows
         if len(rows) < PAGE:
             return
-        after = rows[-1].batch_line
-
-
-def _line_error_pages(database_url: str, batch_id: str) -> Iterator[BatchLineError]:
-    after = 0
-    while True:
-        with session_scope(database_url) as session:
-            rows = session.execute(
-                select(BatchLineError.line, BatchLineError.custom_id, BatchLineError.code, BatchLineError.message)
-                .where(BatchLineError.batch_id == batch_id, BatchLineError.line > after)
-                .order_by(BatchLineError.line).limit(PAGE)
-            ).all()
-        yield from rows
-        if len(rows) < PAGE:
-            return
-        after = rows[-1].line
+        after = position(rows[-1])
 
 
 class _JsonlWriter:
