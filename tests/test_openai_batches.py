@@ -121,6 +121,7 @@ def test_a_batch_of_200_lines_completes_with_output_and_error_files_by_custom_id
     # and each line ran as an ordinary chat job of the tenant, the image lines with their image
     job = acme.get(f"/v1/jobs/{output[0]['response']['request_id']}").json()
     assert job["task"] == "chat" and job["status"] == "succeeded" and job["result"]["usage"]["tiles"] == 1
+    assert job["batch"] == {"id": done.id, "custom_id": "req-0", "line": valid_ids["req-0"]}
     assert job["result"]["text"] == output[0]["response"]["body"]["choices"][0]["message"]["content"]
     assert done.id in [listed.id for listed in client.batches.list(limit=5)]
     with pytest.raises(openai.ConflictError):  # a completed batch cannot be cancelled
@@ -265,3 +266,19 @@ def test_a_file_of_more_requests_than_a_batch_may_hold_is_refused_as_it_streams(
     accepted = client.files.create(file=("full.jsonl", content[: 19 * 50_000] + b"\n\n"), purpose="batch")
     assert accepted.bytes == 19 * 50_000 + 2
     client.files.delete(accepted.id)
+
+
+def test_a_batch_with_no_line_that_can_run_fails_with_its_line_errors(client):
+    # given a file whose every line is refused
+    content = b"{oops\n" + json.dumps(request_line("m", model="nope")).encode() + b"\n"
+    uploaded = client.files.create(file=("bad.jsonl", content), purpose="batch")
+
+    # when a batch runs over it
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+    done = wait_for_batch(client, batch.id, ("completed", "failed"), timeout_s=60)
+
+    # then it failed, saying why line by line, and the error file holds both lines
+    assert done.status == "failed" and done.failed_at and done.output_file_id is None
+    assert [(error.code, error.line) for error in done.errors.data] == [("invalid_json", 1), ("model_not_found", 2)]
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (2, 0, 2)
+    assert len(client.files.content(done.error_file_id).text.splitlines()) == 2

@@ -158,3 +158,19 @@ def test_the_system_message_takes_the_templates_system_slot(acme):
     assert default["prompt"].startswith(f"<|im_start|>system\n{INTERNVL2_5_SYSTEM}<|im_end|>\n")
     assert acme.post("/v1/jobs", json={"task": "caption", "system": "x", "input": {"url": "https://example.com/a.png"}}
                      ).status_code == 400
+
+
+def test_an_idempotency_key_answers_a_repeated_request_with_the_same_job(client):
+    # given a completion sent with an Idempotency-Key
+    request = {"model": "internvl-tiny", "messages": [{"role": "user", "content": "Only once?"}], "max_tokens": 3,
+               "extra_headers": {"Idempotency-Key": "chat-once-1"}}
+    first = client.chat.completions.with_raw_response.create(**request)
+
+    # when the client sends it again, then it gets the same job's completion, not a second job
+    again = client.chat.completions.with_raw_response.create(**request)
+    assert again.headers["x-vlmq-job-id"] == first.headers["x-vlmq-job-id"]
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    # and the same key with another request is refused
+    with pytest.raises(openai.ConflictError) as reused:
+        client.chat.completions.create(**{**request, "max_tokens": 4})
+    assert reused.value.code == "idempotency_key_reused"

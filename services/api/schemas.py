@@ -166,6 +166,14 @@ class JobError(BaseModel):
     message: str
 
 
+class BatchLinePublic(BaseModel):
+    """The OpenAI-compatible batch a job was made from, and its input line (an extension of API.md)."""
+
+    id: str
+    custom_id: str | None
+    line: int
+
+
 class JobPublic(BaseModel):
     id: str
     status: JobStatus
@@ -174,6 +182,7 @@ class JobPublic(BaseModel):
     prompt: str | None
     history: list[HistoryTurn] | None = None
     system: str | None = None
+    batch: BatchLinePublic | None = None
     options: dict[str, Any]
     metadata: dict[str, Any]
     input: dict[str, list[MediaItemPublic]]

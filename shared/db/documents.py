@@ -18,6 +18,7 @@ def job_fields(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
         "prompt": job.prompt,
         "history": job.history,
         "system": job.system,
+        "batch": {"id": job.batch_id, "custom_id": job.custom_id, "line": job.batch_line} if job.batch_id else None,
         "options": job.options,
         "metadata": job.metadata_,
         "input": job.input,
