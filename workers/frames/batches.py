@@ -435,7 +435,7 @@ class BatchSweeper:
 
     def __init__(self, settings: FramesSettings, store: ObjectStore, publish_expansion: Callable[[str], None]):
         self.settings, self.store, self.publish_expansion = settings, store, publish_expansion
-        self._published: dict[str, float] = {}
+        self._published: dict[str, tuple[float, Any]] = {}  # batch id → (when, the lease it saw)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vlmq-batch-sweeper", daemon=True)
 
@@ -464,15 +464,18 @@ class BatchSweeper:
                            if batch_id in {batch.id for batch in batches}}
         for batch in batches:
             idle = batch.expand_lease_expires_at is None or batch.expand_lease_expires_at < now
-            if batch.status in ACTIVE and not batch.expanded and idle and self._may_publish(batch.id):
+            if batch.status in ACTIVE and not batch.expanded and idle and self._may_publish(batch):
                 self.publish_expansion(batch.id)
             outcomes[batch.id] = settle_batch(batch.id, settings=self.settings, store=self.store)
         return outcomes
 
-    def _may_publish(self, batch_id: str) -> bool:
-        last = self._published.get(batch_id)
-        if last is not None and time.monotonic() - last < self.HAND_ON_AFTER_S:
+    def _may_publish(self, batch) -> bool:
+        """Not while a message published for the same lease may still be on its way: a lease that
+        changed since (an expander claimed it, then paused or died) is worth a new message at once."""
+        last = self._published.get(batch.id)
+        if last is not None and last[1] == batch.expand_lease_expires_at and \
+                time.monotonic() - last[0] < self.HAND_ON_AFTER_S:
             return False
-        self._published[batch_id] = time.monotonic()
+        self._published[batch.id] = (time.monotonic(), batch.expand_lease_expires_at)
         return True
 
