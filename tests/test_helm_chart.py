@@ -171,6 +171,7 @@ BAD_VALUES = [
     ("a settings key with the prefix", {"settings": {"VLMQ_ENV": "production"}}),
     ("no workers at all", {"workers": []}),
     ("a metrics port below 1024", {"metrics": {"port": 80}}),
+    ("no frames worker when idle (nothing would settle batches)", {"frames": {"minReplicas": 0}}),
 ]
 
 
