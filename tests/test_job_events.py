@@ -3,10 +3,15 @@ of a ``stream: true`` job as it is generated, and the final job."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from contextlib import ExitStack
 
 import httpx
+from sqlalchemy import event
 
+from services.api.waiting import UNSEEN, JobWaiter
+from shared.db.engine import get_engine
 from tests.support.media import wait_for_job
 
 
@@ -63,3 +68,41 @@ def test_a_finished_job_yields_its_final_event_at_once_and_others_cannot_listen(
     # and another tenant gets API.md's 404, not a stream
     response = globex.get(f"/v1/jobs/{job['id']}/events")
     assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
+
+
+def test_every_open_stream_is_read_by_one_query_per_tick_and_none_when_idle(acme, database_url):
+    # given three jobs, and thirty event streams open on them in one API process
+    job_ids = [acme.post("/v1/jobs", json={"task": "chat", "prompt": "Hi.", "options": {"max_new_tokens": 1}})
+               .json()["id"] for _ in range(3)]
+    statements: list[str] = []
+
+    def count(_connection, _cursor, statement, *_args) -> None:
+        if "FROM jobs" in statement:
+            statements.append(statement)
+
+    engine = get_engine(database_url)
+    event.listen(engine, "before_cursor_execute", count)
+
+    async def streams_then_idle() -> tuple[list, int, int]:
+        waiter = JobWaiter(database_url=database_url, interval_s=0.05)
+        waiter.start()
+        with ExitStack() as streams:
+            for job_id in job_ids * 10:
+                streams.enter_context(waiter.watching(job_id))
+            await asyncio.sleep(0.5)
+            latest = [waiter.latest(job_id) for job_id in job_ids]
+        while_open = len(statements)
+        await asyncio.sleep(0.3)
+        await waiter.close()
+        return latest, while_open, len(statements) - while_open
+
+    # when they stay open half a second (ten ticks), then close
+    try:
+        latest, while_open, after_close = asyncio.run(streams_then_idle())
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    # then each tick read all three jobs in one query, and nothing is read once no stream is open
+    assert 1 <= while_open <= 12
+    assert after_close <= 1  # at most the tick that was under way
+    assert all(seen is not UNSEEN and seen[0] in {"queued", "running", "succeeded"} for seen in latest)

@@ -4,9 +4,9 @@
 job as the worker generates it (``shared.jobs.deltas``, read from its first entry, so a late client
 still gets all of it), and a final ``job`` event with the job object, after which the stream ends.
 
-Statuses are read from the database every ``POLL_S`` (one primary-key read per open stream): a
-transition that comes and goes between two reads is not seen, except that a job first seen finished
-is always reported as having run first, the way every job that ran did.
+Statuses come from the process's ``JobWaiter``, which reads every open stream's job in one query
+per tick: a transition that comes and goes between two reads is not seen, except that a job first
+seen finished is always reported as having run first, the way every job that ran did.
 """
 
 from __future__ import annotations
@@ -14,21 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 import redis.asyncio as aioredis
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from services.api.jobs import read_job_public
-from shared.db.engine import get_engine
-from shared.db.models import Job
+from services.api.waiting import UNSEEN, JobWaiter
 from shared.jobs import JobStatus
 from shared.jobs.deltas import deltas_key
 from shared.queue import redis_url_of
 
 POLL_S = 0.25
-jobs_table = Job.__table__
 
 
 def deltas_reader(broker_url: str) -> aioredis.Redis | None:
@@ -40,17 +36,16 @@ def _status_event(job_id: str, status: str) -> dict:
     return {"event": "status", "data": json.dumps({"id": job_id, "status": status})}
 
 
-def _observed(database_url: str, job_id: str) -> tuple[str, datetime | None] | None:
-    with get_engine(database_url).connect() as connection:
-        row = connection.execute(
-            select(jobs_table.c.status, jobs_table.c.started_at).where(jobs_table.c.id == job_id)
-        ).first()
-    return (row.status, row.started_at) if row else None
-
-
-async def job_events(database_url: str, tenant_id: str, job_id: str,
-                     deltas: aioredis.Redis | None) -> AsyncIterator[dict]:
+async def job_events(database_url: str, tenant_id: str, job_id: str, deltas: aioredis.Redis | None,
+                     waiter: JobWaiter) -> AsyncIterator[dict]:
     """The caller has checked that the job is the tenant's (404 otherwise)."""
+    with waiter.watching(job_id):
+        async for event in _job_events(database_url, tenant_id, job_id, deltas, waiter):
+            yield event
+
+
+async def _job_events(database_url: str, tenant_id: str, job_id: str, deltas: aioredis.Redis | None,
+                      waiter: JobWaiter) -> AsyncIterator[dict]:
     job = await run_in_threadpool(read_job_public, database_url, tenant_id, job_id)
     status, reported_running = job.status.value, job.status is not JobStatus.queued
     yield _status_event(job_id, status)
@@ -62,7 +57,9 @@ async def job_events(database_url: str, tenant_id: str, job_id: str,
                 yield delta
         else:
             await asyncio.sleep(POLL_S)
-        observed = await run_in_threadpool(_observed, database_url, job_id)
+        observed = waiter.latest(job_id)
+        if observed is UNSEEN:
+            continue
         if observed is None:  # deleted meanwhile: nothing more will happen to it
             return
         current, started_at = observed

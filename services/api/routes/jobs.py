@@ -134,10 +134,11 @@ def read_job(job_id: str, tenant: TenantDep, session: SessionDep) -> JobPublic:
     200: {"content": {"text/event-stream": {}}, "description": "`status`, `delta` and a final `job` event."},
     **_NOT_FOUND,
 })
-async def job_events(job_id: str, request: Request, tenant: TenantDep, settings: SettingsDep) -> EventSourceResponse:
+async def job_events(job_id: str, request: Request, tenant: TenantDep, settings: SettingsDep,
+                     waiter: WaiterDep) -> EventSourceResponse:
     """The job's status changes, the text of a `stream: true` job as it is generated, then the job."""
     await run_in_threadpool(read_job_public, settings.resolved_database_url, tenant, job_id)  # 404 first
-    events = stream_job_events(settings.resolved_database_url, tenant, job_id, request.app.state.deltas)
+    events = stream_job_events(settings.resolved_database_url, tenant, job_id, request.app.state.deltas, waiter)
     return EventSourceResponse(events, ping=15)
 
 

@@ -147,7 +147,8 @@ async def _completion_chunks(request: Request, tenant: str, job_id: str, *,
 
     yield chunk(delta={"role": "assistant", "content": ""})
     sent, attempt, final = "", None, None
-    async for event in job_events(settings.resolved_database_url, tenant, job_id, request.app.state.deltas):
+    async for event in job_events(settings.resolved_database_url, tenant, job_id, request.app.state.deltas,
+                                  request.app.state.waiter):
         if event["event"] == "delta":
             delta = json.loads(event["data"])
             attempt = attempt or delta["attempt"]
