@@ -56,6 +56,7 @@ INVALID_LINES = [
      "bad-image", "unsupported_media"),
     (json.dumps(request_line("streamed", stream=True)), "streamed", "invalid_request"),
     (json.dumps([1, 2]), None, "invalid_request"),
+    ("[" * 100_000 + "]" * 100_000, None, "invalid_json"),  # nested past Python's stack
 ]
 
 
@@ -87,8 +88,8 @@ def wait_for_batch(client: openai.OpenAI, batch_id: str, statuses: tuple[str, ..
 
 
 def test_a_batch_of_200_lines_completes_with_output_and_error_files_by_custom_id(client, acme):
-    # given an input file of 200 requests, 10 of them invalid, uploaded through the Files API
-    content, valid_ids = batch_file(190)
+    # given an input file of 200 requests, 11 of them invalid, uploaded through the Files API
+    content, valid_ids = batch_file(200 - len(INVALID_LINES))
     uploaded = client.files.create(file=("requests.jsonl", content), purpose="batch")
     assert uploaded.object == "file" and uploaded.purpose == "batch" and uploaded.bytes == len(content)
     assert client.files.retrieve(uploaded.id).filename == "requests.jsonl"
@@ -103,7 +104,8 @@ def test_a_batch_of_200_lines_completes_with_output_and_error_files_by_custom_id
 
     # then it completed: every valid line in the output file, every invalid one in the error file
     assert done.status == "completed", done.errors
-    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (200, 190, 10)
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (
+        200, 200 - len(INVALID_LINES), len(INVALID_LINES))
     assert done.in_progress_at and done.finalizing_at and done.completed_at
     output = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
     assert [line["custom_id"] for line in output] == sorted(valid_ids, key=valid_ids.get)  # in input order

@@ -149,6 +149,8 @@ def _take_line(chunk: _Chunk, number: int, raw: bytes | None, *, tenant_id: str,
             line = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise _LineRefused("invalid_json", f"the line is not JSON: {error}") from None
+        except RecursionError:
+            raise _LineRefused("invalid_json", "the line nests too deeply") from None
         if not isinstance(line, dict):
             raise _LineRefused("invalid_request", "a line must be a JSON object")
         custom_id = line.get("custom_id")
@@ -178,7 +180,7 @@ def _job_for(body: Any, *, tenant_id: str, settings: FramesSettings,
     if not isinstance(body, dict):
         raise _LineRefused("invalid_request", "body must be a chat completion request object")
     try:
-        request = ChatCompletionRequest.model_validate(body)
+        request = _validated(body)
         if request.stream:
             raise _LineRefused("invalid_request", "stream is not available in a batch")
         wanted = chat_job(request)
@@ -198,6 +200,13 @@ def _job_for(body: Any, *, tenant_id: str, settings: FramesSettings,
     except ApiError as error:
         raise _LineRefused(error.code, error.message) from None
     return job_rows(tenant_id=tenant_id, spec=wanted.spec, model_id=model_id, media=media)
+
+
+def _validated(body: dict) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except RecursionError:  # a body nested past Python's stack: refused, never a poisoned chunk
+        raise _LineRefused("invalid_request", "the body nests too deeply") from None
 
 
 def _commit(database_url: str, batch_id: str, chunk: _Chunk, settings: FramesSettings, publish: Publish) -> None:
