@@ -17,7 +17,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from services.api.body import MAX_JSON_BODY, read_capped_body
-from services.api.errors import NotFound, UnsupportedMedia, ValidationFailed
+from services.api.errors import UnsupportedMedia, ValidationFailed
+from services.api.ownership import owned_or_404
 from services.api.schemas import (
     MAX_INDEX_VIDEOS,
     IndexVideoRef,
@@ -135,10 +136,8 @@ def create_index(session: Session, celery: Celery, *, tenant_id: str, body: Vide
 
 
 def get_index(session: Session, tenant_id: str, index_id: str) -> VideoIndex:
-    index = session.get(VideoIndex, index_id)
-    if index is None or index.tenant_id != tenant_id:
-        raise NotFound(f"no video index {index_id}", code="video_index_not_found")
-    return index
+    return owned_or_404(session, VideoIndex, index_id, tenant_id, message=f"no video index {index_id}",
+                        code="video_index_not_found")
 
 
 def encode_position_cursor(*parts: int) -> str:

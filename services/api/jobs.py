@@ -8,7 +8,8 @@ import binascii
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.api.errors import NotFound, ValidationFailed
+from services.api.errors import ValidationFailed
+from services.api.ownership import owned_or_404
 from services.api.schemas import JobPublic
 from shared.db.documents import job_fields
 from shared.db.engine import get_sessionmaker
@@ -17,10 +18,7 @@ from shared.jobs import JobStatus
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id:  # another tenant's job does not exist for you
-        raise NotFound(f"no job {job_id}", code="job_not_found")
-    return job
+    return owned_or_404(session, Job, job_id, tenant_id, message=f"no job {job_id}", code="job_not_found")
 
 
 def results_for(session: Session, jobs: list[Job]) -> dict[str, dict]:

@@ -10,8 +10,9 @@ from pydantic import ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.api.errors import Conflict, NotFound, ValidationFailed
+from services.api.errors import Conflict, ValidationFailed
 from services.api.openai.files import get_file
+from services.api.ownership import owned_or_404
 from services.api.schemas import RequestBody
 from shared.batches.progress import VALIDATING, job_counts, request_counts
 from shared.db.models import Batch, utcnow
@@ -86,10 +87,8 @@ def create_batch(session: Session, tenant_id: str, body: BatchCreate) -> Batch:
 
 
 def get_batch(session: Session, tenant_id: str, batch_id: str) -> Batch:
-    batch = session.get(Batch, batch_id)
-    if batch is None or batch.tenant_id != tenant_id:
-        raise NotFound(f"No such Batch object: {batch_id}", code="batch_not_found")
-    return batch
+    return owned_or_404(session, Batch, batch_id, tenant_id, message=f"No such Batch object: {batch_id}",
+                        code="batch_not_found")
 
 
 def list_batches(session: Session, tenant_id: str, *, limit: int, after: str | None) -> tuple[list[Batch], bool]:

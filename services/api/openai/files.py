@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from services.api.errors import NotFound, PayloadTooLarge, ValidationFailed
+from services.api.errors import PayloadTooLarge, ValidationFailed
+from services.api.ownership import owned_or_404
 from shared.batches.lines import LineCounter
 from shared.db.models import StoredFile
 from shared.ids import new_id
@@ -84,10 +85,8 @@ def file_object(row: StoredFile) -> dict[str, Any]:
 
 
 def get_file(session: Session, tenant_id: str, file_id: str) -> StoredFile:
-    row = session.get(StoredFile, file_id)
-    if row is None or row.tenant_id != tenant_id:
-        raise NotFound(f"No such File object: {file_id}", code="file_not_found")
-    return row
+    return owned_or_404(session, StoredFile, file_id, tenant_id, message=f"No such File object: {file_id}",
+                        code="file_not_found")
 
 
 def list_files(session: Session, tenant_id: str, *, limit: int, after: str | None,

@@ -9,8 +9,8 @@ from pydantic import BaseModel
 from sqlalchemy import select, update
 
 from services.api.deps import SessionDep, TenantDep
-from services.api.errors import NotFound
 from services.api.jobs import get_job
+from services.api.ownership import owned_or_404
 from shared.db.models import Delivery, DeliveryAttempt, WebhookEndpoint, utcnow
 from shared.webhooks import rotate_secret, secret_for, signing_secrets
 
@@ -94,9 +94,8 @@ def read_job_deliveries(job_id: str, tenant: TenantDep, session: SessionDep) -> 
 def redeliver(delivery_id: str, tenant: TenantDep, session: SessionDep) -> DeliveryPublic:
     """Send it again: pending and due now, with the same webhook-id and payload. Asking for it is
     taken as the receiver being back: an endpoint a 410 disabled is enabled again."""
-    delivery = session.get(Delivery, delivery_id)
-    if delivery is None or delivery.tenant_id != tenant:
-        raise NotFound(f"no delivery {delivery_id}", code="delivery_not_found")
+    delivery = owned_or_404(session, Delivery, delivery_id, tenant, message=f"no delivery {delivery_id}",
+                            code="delivery_not_found")
     session.execute(
         update(WebhookEndpoint)
         .where(WebhookEndpoint.tenant_id == tenant, WebhookEndpoint.url == delivery.url)
