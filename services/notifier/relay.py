@@ -7,7 +7,6 @@ so each due delivery is published once; if its message is lost, it is due again 
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 from celery import Celery
@@ -16,27 +15,19 @@ from sqlalchemy import select, update
 from shared.config.settings import NotifierSettings
 from shared.db.engine import session_scope
 from shared.db.models import Delivery, utcnow
-from shared.queue import NOTIFY_QUEUE, DELIVER_TASK
+from shared.periodic import PeriodicPass
+from shared.queue import DELIVER_TASK, NOTIFY_QUEUE
 
 log = logging.getLogger("vlmq.notifier")
 DISPATCH_LEASE_S = 60.0
 
 
-class OutboxRelay:
+class OutboxRelay(PeriodicPass):
+    name = "vlmq-outbox-relay"
+
     def __init__(self, app: Celery, settings: NotifierSettings):
+        super().__init__(settings.notifier_poll_s, log)
         self.app, self.settings = app, settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vlmq-outbox-relay", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.notifier_poll_s):
-            try:
-                self.run_once()
-            except Exception:
-                log.warning("outbox relay pass failed", exc_info=True)
 
     def run_once(self) -> int:
         now = utcnow()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ from shared.db.models import Batch, BatchLineError, Job, JobResult, StoredFile, 
 from shared.jobs import JobStatus, StaleTransition, cancel_job
 from shared.media import WriteBlocks
 from shared.metrics import record
+from shared.periodic import PeriodicPass
 from shared.storage import ObjectNotFound, ObjectStore, file_key
 
 log = logging.getLogger("vlmq.batches")
@@ -436,30 +436,17 @@ class _JsonlWriter:
 # --------------------------------------------------------------------------------------------- sweeper
 
 
-class BatchSweeper:
+class BatchSweeper(PeriodicPass):
     """Each pass: settle every unfinished batch, and publish the expansion of any active batch that
     nobody is expanding (its message was lost, its worker died, or it paused for the queue)."""
 
+    name = "vlmq-batch-sweeper"
     HAND_ON_AFTER_S = 30.0  # a published expansion not yet claimed is not published again before this
 
     def __init__(self, settings: FramesSettings, store: ObjectStore, publish_expansion: Callable[[str], None]):
+        super().__init__(settings.batch_sweep_s, log)
         self.settings, self.store, self.publish_expansion = settings, store, publish_expansion
         self._published: dict[str, tuple[float, Any]] = {}  # batch id → (when, the lease it saw)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vlmq-batch-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.batch_sweep_s):
-            try:
-                self.run_once()
-            except Exception:  # database or storage down: the next pass tries again
-                log.warning("batch sweep failed", exc_info=True)
 
     def run_once(self) -> dict[str, str]:
         now = utcnow()

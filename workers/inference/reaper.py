@@ -13,7 +13,6 @@ Reapers in several workers may race; every change is a compare-and-set.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 from celery import Celery
@@ -24,6 +23,7 @@ from shared.db.engine import session_scope
 from shared.db.models import IndexSegment, IndexVideo, Job, VideoIndex, utcnow
 from shared.indexes.progress import requeue_lapsed_videos
 from shared.jobs import JobStatus, mark_enqueued, requeue_expired_leases
+from shared.periodic import PeriodicPass
 from shared.queue import (
     CAPTION_SEGMENTS_TASK,
     FRAMES_QUEUE,
@@ -35,25 +35,13 @@ from shared.queue import (
 log = logging.getLogger("vlmq.reaper")
 
 
-class Reaper:
+class Reaper(PeriodicPass):
+    name = "vlmq-reaper"
+
     def __init__(self, app: Celery, settings: WorkerSettings):
+        super().__init__(settings.reaper_interval_s, log)
         self.app, self.settings = app, settings
         self.database_url = settings.resolved_database_url
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vlmq-reaper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.reaper_interval_s):
-            try:
-                self.run_once()
-            except Exception:  # database or broker down: the next pass tries again
-                log.warning("reaper pass failed", exc_info=True)
 
     def run_once(self) -> tuple[int, int]:
         """Returns (jobs requeued after a lapsed lease, queued jobs re-published)."""
