@@ -12,13 +12,16 @@ from datetime import timedelta
 import openai
 import pytest
 from sqlalchemy import func, select, update
+from standardwebhooks import Webhook
 
 from shared.config.settings import FramesSettings
 from shared.db.engine import session_scope
 from shared.db.models import Batch, Job, utcnow
 from shared.storage import open_store
+from shared.webhooks import secret_for
 from tests.conftest import TENANT_KEYS
 from tests.support.media import png_bytes
+from tests.support.receiver import Receiver
 from tests.support.services import isolated_stack, wait_until
 from workers.frames.batches import expand_batch
 
@@ -284,3 +287,34 @@ def test_a_batch_with_no_line_that_can_run_fails_with_its_line_errors(client):
     assert [(error.code, error.line) for error in done.errors.data] == [("invalid_json", 1), ("model_not_found", 2)]
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (2, 0, 2)
     assert len(client.files.content(done.error_file_id).text.splitlines()) == 2
+
+
+def test_a_batch_created_with_a_webhook_reports_its_end_signed(client, database_url):
+    # given a receiver, and a batch that names it (a vlmq extension, sent as the openai client's extra_body)
+    receiver = Receiver()
+    lines = [json.dumps(request_line(f"hook-{n}")) for n in range(5)]
+    uploaded = client.files.create(file=("hook.jsonl", "\n".join(lines).encode()), purpose="batch")
+    try:
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h",
+                                      extra_body={"webhook": {"url": receiver.url}})
+
+        # when it completes
+        done = wait_for_batch(client, batch.id, ("completed",), timeout_s=120)
+
+        # then one signed batch.completed delivery carries the batch object as the API serves it
+        wait_until(lambda: receiver.requests, timeout_s=30, what="the batch.completed webhook")
+        delivery = receiver.requests[0]
+        with session_scope(database_url) as session:
+            secret = secret_for(session, "acme").secret
+        event = Webhook(secret).verify(delivery["body"], delivery["headers"])
+        assert event["type"] == "batch.completed" and event["data"]["id"] == done.id
+        assert event["data"]["status"] == "completed" and event["data"]["output_file_id"] == done.output_file_id
+        assert event["data"]["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
+        time.sleep(1)
+        assert len(receiver.requests) == 1
+    finally:
+        receiver.close()
+    # and events outside OpenAI's four batch events are refused
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h",
+                              extra_body={"webhook": {"url": "https://example.com/h", "events": ["job.succeeded"]}})

@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("output_file_id", sa.String(40), nullable=True),
         sa.Column("error_file_id", sa.String(40), nullable=True),
         sa.Column("metadata", JSON_TYPE, nullable=True),
+        sa.Column("webhook", JSON_TYPE, nullable=True),
         sa.Column("errors", JSON_TYPE, nullable=True),
         sa.Column("lines_total", sa.Integer(), nullable=False),
         sa.Column("lines_read", sa.Integer(), nullable=False),

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import Batch, Job, utcnow
 from shared.jobs import JobStatus
+from shared.webhooks.events import record_batch_event
 
 VALIDATING, IN_PROGRESS, FINALIZING, COMPLETED = "validating", "in_progress", "finalizing", "completed"
 FAILED, EXPIRED, CANCELLING, CANCELLED = "failed", "expired", "cancelling", "cancelled"
@@ -121,25 +122,13 @@ def settle(session: Session, batch_id: str, *, final_status: str, output_file_id
               "expand_lease_expires_at": None, "errors": errors}
     if final_status != EXPIRED:  # expired_at was stamped when the window ran out
         values[stamp[final_status]] = utcnow()
-    return _move(session, batch_id, from_statuses, **values)
-
-
-def job_counts(session: Session, batch_id: str) -> dict[str, int]:
-    """The batch's jobs by status (one indexed GROUP BY)."""
-    rows = session.execute(
-        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
-    ).all()
-    return {status: count for status, count in rows}
+    if not _move(session, batch_id, from_statuses, **values):
+        return False
+    record_batch_event(session, batch_id, f"batch.{final_status}")  # with the move, in its transaction
+    return True
 
 
 def open_job_ids(session: Session, batch_id: str, *, limit: int) -> list[str]:
     return list(session.scalars(
         select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(OPEN_JOB_STATUSES)).order_by(Job.id).limit(limit)
     ))
-
-
-def request_counts(batch: Batch, counts: dict[str, int]) -> dict[str, int]:
-    """OpenAI's ``request_counts``: succeeded jobs are completed; failed and canceled jobs and the
-    lines that never became jobs are failed."""
-    failed = counts.get(JobStatus.failed.value, 0) + counts.get(JobStatus.canceled.value, 0) + batch.lines_invalid
-    return {"total": batch.lines_total, "completed": counts.get(JobStatus.succeeded.value, 0), "failed": failed}

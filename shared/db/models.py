@@ -332,6 +332,7 @@ class Batch(Base):
     output_file_id: Mapped[str | None] = mapped_column(String(40))
     error_file_id: Mapped[str | None] = mapped_column(String(40))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    webhook: Mapped[dict[str, Any] | None]  # {"url", "events"}: where the batch's end is delivered
     errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)  # why the whole batch failed
     lines_total: Mapped[int] = mapped_column(Integer)
     # Expansion: input lines read so far (committed with their jobs), lines refused, whether done,

@@ -8,12 +8,22 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from shared.db.documents import index_document, job_fields
-from shared.db.models import Delivery, Job, JobResult, VideoIndex, WebhookEndpoint, utcnow
+from shared.db.models import (
+    Batch,
+    Delivery,
+    Job,
+    JobResult,
+    VideoIndex,
+    WebhookEndpoint,
+    utcnow,
+)
 from shared.ids import new_id
 
 JOB_EVENT_TYPES = ("job.started", "job.succeeded", "job.failed", "job.canceled")
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")  # API.md: the terminal ones
 INDEX_EVENT_TYPES = ("video_index.completed",)
+# OpenAI's names for a batch's ends (an extension of API.md's types).
+BATCH_EVENT_TYPES = ("batch.completed", "batch.failed", "batch.cancelled", "batch.expired")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -36,6 +46,17 @@ def record_index_event(session: Session, index_id: str, event_type: str) -> Deli
     document = index_document(index)
     document |= {key: _iso(document[key]) for key in ("created_at", "started_at", "finished_at")}
     return _add_delivery(session, index.tenant_id, None, event_type, index.webhook["url"], document)
+
+
+def record_batch_event(session: Session, batch_id: str, event_type: str) -> Delivery | None:
+    """A pending delivery of a batch's end to the webhook it was created with, the batch object as data."""
+    # Imported here: shared.jobs imports this module while it loads, and batch documents need it.
+    from shared.batches.documents import batch_document
+
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    if batch is None or not batch.webhook or event_type not in (batch.webhook.get("events") or BATCH_EVENT_TYPES):
+        return None
+    return _add_delivery(session, batch.tenant_id, None, event_type, batch.webhook["url"], batch_document(session, batch))
 
 
 def record_job_event(session: Session, job_id: str, event_type: str, *, result: dict[str, Any] | None = None) -> Delivery | None:

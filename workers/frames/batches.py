@@ -38,6 +38,7 @@ from services.api.openai.chat_request import (
 from services.api.openai.completions import completion_object, failed_job_error
 from services.api.openai.images import ImageRefused, images_media
 from services.api.submission import check_media_fits_task, job_rows
+from shared.batches.documents import job_counts
 from shared.batches.lines import jsonl_lines
 from shared.batches.progress import (
     ACTIVE,
@@ -52,7 +53,6 @@ from shared.batches.progress import (
     begin_finalizing,
     claim_expansion,
     finish_expansion,
-    job_counts,
     mark_expired,
     open_job_ids,
     pause_expansion,

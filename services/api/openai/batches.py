@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -14,12 +14,20 @@ from services.api.errors import Conflict, ValidationFailed
 from services.api.openai.files import get_file
 from services.api.ownership import owned_or_404
 from services.api.schemas import RequestBody
-from shared.batches.progress import VALIDATING, job_counts, request_counts
+from shared.batches.progress import VALIDATING
 from shared.db.models import Batch, utcnow
 from shared.ids import new_id
+from shared.webhooks.events import BATCH_EVENT_TYPES
 
 ENDPOINTS = ("/v1/chat/completions",)
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+
+
+class BatchWebhookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    events: list[Literal[BATCH_EVENT_TYPES]] = Field(default_factory=lambda: list(BATCH_EVENT_TYPES))  # type: ignore[valid-type]
 
 
 class BatchCreate(RequestBody):
@@ -29,6 +37,9 @@ class BatchCreate(RequestBody):
     endpoint: Literal["/v1/chat/completions"]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    webhook: BatchWebhookSpec | None = Field(
+        default=None, description="A vlmq extension (the openai client sends it as extra_body): where a signed "
+        "batch.completed | batch.failed | batch.cancelled | batch.expired event goes, with the batch object.")
 
     @field_validator("metadata")
     @classmethod
@@ -44,28 +55,6 @@ class BatchNotCancellableError(Conflict):
     headers = {"x-should-retry": "false"}  # noqa: RUF012  (the openai client would retry a 409 otherwise)
 
 
-def _unix(value: datetime | None) -> int | None:
-    return int(value.timestamp()) if value else None
-
-
-def batch_object(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
-    return {
-        "id": batch.id, "object": "batch", "endpoint": batch.endpoint,
-        "errors": {"object": "list", "data": batch.errors} if batch.errors else None,
-        "input_file_id": batch.input_file_id, "completion_window": batch.completion_window,
-        "status": batch.status, "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
-        **{name: _unix(getattr(batch, name)) for name in (
-            "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
-            "expired_at", "cancelling_at", "cancelled_at")},
-        "request_counts": request_counts(batch, counts),
-        "metadata": batch.metadata_,
-    }
-
-
-def batch_document(session: Session, batch: Batch) -> dict[str, Any]:
-    return batch_object(batch, job_counts(session, batch.id))
-
-
 def create_batch(session: Session, tenant_id: str, body: BatchCreate) -> Batch:
     source = get_file(session, tenant_id, body.input_file_id)
     if source.purpose != "batch":
@@ -78,6 +67,7 @@ def create_batch(session: Session, tenant_id: str, body: BatchCreate) -> Batch:
     batch = Batch(
         id=new_id("batch"), tenant_id=tenant_id, status=VALIDATING, endpoint=body.endpoint,
         completion_window=body.completion_window, input_file_id=source.id, metadata_=body.metadata,
+        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
         lines_total=source.line_count, lines_read=0, lines_invalid=0, expanded=False, created_at=now,
         expires_at=now + COMPLETION_WINDOWS[body.completion_window],
     )

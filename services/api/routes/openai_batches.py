@@ -15,12 +15,12 @@ from services.api.deps import LimiterDep, SessionDep, SettingsDep, TenantDep
 from services.api.openai.batches import (
     BatchCreate,
     BatchNotCancellableError,
-    batch_document,
     create_batch,
     get_batch,
     list_batches,
 )
 from services.api.openai.files import page
+from shared.batches.documents import batch_document
 from shared.batches.progress import BatchNotCancellable, request_cancel
 from shared.db.engine import session_scope
 from shared.queue import EXPAND_BATCH_TASK, FRAMES_QUEUE, SETTLE_BATCH_TASK
