@@ -174,3 +174,11 @@ def test_an_idempotency_key_answers_a_repeated_request_with_the_same_job(client)
     with pytest.raises(openai.ConflictError) as reused:
         client.chat.completions.create(**{**request, "max_tokens": 4})
     assert reused.value.code == "idempotency_key_reused"
+
+
+def test_the_openai_client_lists_the_models_it_can_name(client, acme):
+    # given vlmq's own model list, when the openai client lists models, then it sees the same ids
+    ids = [model["id"] for model in acme.get("/v1/models").json()["data"]]
+    listed = list(client.models.list())
+    assert [model.id for model in listed] == ids and "internvl-tiny" in ids
+    assert {model.object for model in listed} == {"model"} and {model.owned_by for model in listed} == {"vlmq"}

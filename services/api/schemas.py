@@ -257,9 +257,14 @@ class ModelPublic(BaseModel):
     default: bool
     # Extension: "original" (the cards' remote-code layout, mapped by vlmq) or "native" ("-hf").
     format: str
+    # Extensions: OpenAI's model object fields, so the openai client's models.list() reads them too.
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "vlmq"
 
 
 class ModelsPublic(BaseModel):
+    object: Literal["list"] = "list"
     data: list[ModelPublic]
 
 
