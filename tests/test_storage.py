@@ -79,3 +79,18 @@ def test_unknown_schemes_and_missing_buckets_are_refused():
         open_store("ftp://example/bucket")
     with pytest.raises(StorageError):
         open_store("s3://")
+
+
+def test_presigned_urls_name_the_public_endpoint_when_clients_reach_storage_elsewhere(s3_endpoint):
+    # given a store vlmq reaches at 127.0.0.1 while clients reach the same server as localhost
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    store = open_store(f"s3://{BUCKET}?endpoint_url={s3_endpoint}&public_endpoint_url={public}")
+
+    # when an upload URL is presigned and a client PUTs to it
+    url, headers = store.presign_put("tenants/t/uploads/public-endpoint", content_type="image/png", expires_s=60)
+    response = httpx.put(url, content=b"\x89PNG\r\n\x1a\n", headers=headers)
+
+    # then the URL is the public one, it works, and vlmq reads the object through its own endpoint
+    assert url.startswith(f"{public}/{BUCKET}/") and response.status_code == 200
+    assert store.read("tenants/t/uploads/public-endpoint") == b"\x89PNG\r\n\x1a\n"
+    store.delete("tenants/t/uploads/public-endpoint")

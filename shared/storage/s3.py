@@ -68,9 +68,19 @@ class S3MultipartWriter:
 
 
 class S3ObjectStore:
-    def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None) -> None:
+    """``public_endpoint_url``: where clients reach the same store when it differs from where vlmq
+    does (compose: ``http://minio:9000`` inside, ``http://localhost:9000`` from the host). Presigned
+    URLs are signed for it, since a signature covers the host the client sends."""
+
+    def __init__(self, bucket: str, *, endpoint_url: str | None = None, region: str | None = None,
+                 public_endpoint_url: str | None = None) -> None:
         self.bucket = bucket
-        self._client = boto3.session.Session().client(
+        self._client = self._new_client(endpoint_url, region)
+        self._presigner = self._new_client(public_endpoint_url, region) if public_endpoint_url else self._client
+
+    @staticmethod
+    def _new_client(endpoint_url: str | None, region: str | None):
+        return boto3.session.Session().client(
             "s3",
             endpoint_url=endpoint_url,
             region_name=region or "us-east-1",
@@ -134,7 +144,7 @@ class S3ObjectStore:
             raise StorageError(str(error)) from error
 
     def presign_put(self, key: str, *, content_type: str, expires_s: int) -> tuple[str, dict[str, str]]:
-        url = self._client.generate_presigned_url(
+        url = self._presigner.generate_presigned_url(
             "put_object",
             Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
             ExpiresIn=expires_s,
