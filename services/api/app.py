@@ -33,7 +33,8 @@ from services.api.submitter import JobSubmitter
 from services.api.waiting import JobWaiter
 from shared.config.settings import ApiSettings, get_api_settings
 from shared.db.engine import session_scope
-from shared.db.models import ApiKey, Tenant
+from shared.db.inserts import insert_ignoring_duplicates
+from shared.db.models import ApiKey, Tenant, utcnow
 from shared.queue import create_celery, resolve_broker_url
 from shared.storage import open_store
 
@@ -41,13 +42,18 @@ log = logging.getLogger("vlmq.api")
 
 
 def sync_tenants(session: Session, key_ring: KeyRing) -> None:
-    """Tenants and key hashes from the configuration become rows (resources reference tenants)."""
-    for key_hash, tenant in key_ring.entries:
-        if session.get(Tenant, tenant) is None:
-            session.add(Tenant(id=tenant))
-            session.flush()
-        if session.get(ApiKey, key_hash) is None:
-            session.add(ApiKey(key_sha256=key_hash, tenant_id=tenant))
+    """Tenants and key hashes from the configuration become rows (resources reference tenants).
+    Every API process does this as it starts, often at the same moment: a row another process
+    has just written is skipped, never a startup failure."""
+    if not key_ring.entries:
+        return
+    connection, now = session.connection(), utcnow()
+    tenants = sorted({tenant for _, tenant in key_ring.entries})
+    connection.execute(insert_ignoring_duplicates(connection, Tenant.__table__),
+                       [{"id": tenant, "created_at": now} for tenant in tenants])
+    connection.execute(insert_ignoring_duplicates(connection, ApiKey.__table__),
+                       [{"key_sha256": key_hash, "tenant_id": tenant, "created_at": now}
+                        for key_hash, tenant in key_ring.entries])
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

@@ -8,17 +8,15 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from shared.db.inserts import insert_ignoring_duplicates
 from shared.db.models import Media, utcnow
 from shared.media import StoredMedia
 
 
 def insert_media_ignoring_duplicates(connection: Connection):
     """INSERT … ON CONFLICT DO NOTHING into ``media``, in the connection's dialect."""
-    dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    return dialect_insert(Media.__table__).on_conflict_do_nothing()
+    return insert_ignoring_duplicates(connection, Media.__table__)
 
 
 def media_rows(tenant_id: str, media: Iterable[StoredMedia], *, now: datetime | None = None) -> list[dict[str, Any]]:
