@@ -28,12 +28,11 @@ from pydantic import ValidationError
 from sqlalchemy import Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from services.api.body import validation_failure
 from services.api.errors import ApiError
 from services.api.openai.chat_request import (
     ChatCompletionRequest,
     chat_job,
-    unrecognized_arguments,
+    request_refusal,
 )
 from services.api.openai.completions import completion_object, failed_job_error
 from services.api.openai.images import ImageRefused, images_media
@@ -185,10 +184,7 @@ def _job_for(body: Any, *, tenant_id: str, settings: FramesSettings,
             raise _LineRefused("invalid_request", "stream is not available in a batch")
         wanted = chat_job(request)
     except ValidationError as error:
-        unknown = unrecognized_arguments(error)
-        message = (f"Unrecognized request argument supplied: {', '.join(unknown)}" if unknown
-                   else validation_failure(error).message)
-        raise _LineRefused("invalid_request", message) from None
+        raise _LineRefused("invalid_request", request_refusal(error).message) from None
     model_id = wanted.spec.model
     if model_id not in settings.model_sources:
         raise _LineRefused("model_not_found", f"unknown model {model_id!r}; see GET /v1/models")
@@ -264,7 +260,8 @@ def settle_batch(batch_id: str, *, settings: FramesSettings, store: ObjectStore)
         batch = session.get(Batch, batch_id)
         if batch is None or batch.status in FINAL:
             return "final"
-        if batch.status in ACTIVE and mark_expired(session, batch_id):
+        window_over = batch.expired_at is None and batch.expires_at < utcnow()
+        if batch.status in ACTIVE and window_over and mark_expired(session, batch_id):
             log.info("batch %s expired", batch_id)
         batch = session.get(Batch, batch_id, populate_existing=True)
         status, expanded, expired = batch.status, batch.expanded, batch.expired_at is not None

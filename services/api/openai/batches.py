@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.api.errors import Conflict, ValidationFailed
 from services.api.openai.files import get_file
+from services.api.openai.pages import newest_first
 from services.api.ownership import owned_or_404
 from services.api.schemas import RequestBody
 from shared.batches.progress import VALIDATING
@@ -82,8 +83,4 @@ def get_batch(session: Session, tenant_id: str, batch_id: str) -> Batch:
 
 
 def list_batches(session: Session, tenant_id: str, *, limit: int, after: str | None) -> tuple[list[Batch], bool]:
-    query = select(Batch).where(Batch.tenant_id == tenant_id)
-    if after:
-        query = query.where(Batch.id < after)
-    rows = list(session.scalars(query.order_by(Batch.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return newest_first(session, select(Batch).where(Batch.tenant_id == tenant_id), Batch.id, limit=limit, after=after)

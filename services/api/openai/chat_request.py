@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.api.body import validation_failure
+from services.api.errors import ValidationFailed
 from services.api.schemas import HistoryTurn, JobOptions, JobSpec, RequestBody
 from shared.jobs import JobTask
 
@@ -118,9 +120,15 @@ class ChatJob:
     image_urls: list[str]
 
 
-def unrecognized_arguments(error: ValidationError) -> list[str]:
-    """The top-level fields pydantic refused as extra: OpenAI names them in its message."""
-    return [str(item["loc"][0]) for item in error.errors() if item["type"] == "extra_forbidden" and len(item["loc"]) == 1]
+def request_refusal(error: ValidationError) -> ValidationFailed:
+    """Why a chat request was refused, in OpenAI's words: the top-level fields it does not know are
+    named ("Unrecognized request argument supplied: tools"), any other problem as validation says."""
+    unknown = [str(item["loc"][0]) for item in error.errors()
+               if item["type"] == "extra_forbidden" and len(item["loc"]) == 1]
+    if unknown:
+        return ValidationFailed(f"Unrecognized request argument supplied: {', '.join(unknown)}",
+                                code="unrecognized_argument")
+    return validation_failure(error)
 
 
 def chat_job(request: ChatCompletionRequest) -> ChatJob:

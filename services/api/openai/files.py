@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from services.api.errors import PayloadTooLarge, ValidationFailed
+from services.api.openai.pages import newest_first
 from services.api.ownership import owned_or_404
 from shared.batches.lines import LineCounter
 from shared.db.models import StoredFile
@@ -95,13 +96,4 @@ def list_files(session: Session, tenant_id: str, *, limit: int, after: str | Non
     query = select(StoredFile).where(StoredFile.tenant_id == tenant_id)
     if purpose:
         query = query.where(StoredFile.purpose == purpose)
-    if after:
-        query = query.where(StoredFile.id < after)
-    rows = list(session.scalars(query.order_by(StoredFile.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
-
-
-def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    """OpenAI's cursor page, which its client follows with ``after=last_id``."""
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    return newest_first(session, query, StoredFile.id, limit=limit, after=after)

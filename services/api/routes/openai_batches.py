@@ -19,7 +19,7 @@ from services.api.openai.batches import (
     get_batch,
     list_batches,
 )
-from services.api.openai.files import page
+from services.api.openai.pages import page
 from shared.batches.documents import batch_document
 from shared.batches.progress import BatchNotCancellable, request_cancel
 from shared.db.engine import session_scope

@@ -28,7 +28,7 @@ from services.api.deps import (
     TenantDep,
     WaiterDep,
 )
-from services.api.errors import ApiError, ValidationFailed, openai_error_body
+from services.api.errors import ApiError, openai_error_body
 from services.api.events import job_events
 from services.api.idempotency import KeyedRequest, Replayed, request_sha256
 from services.api.ingest import media_failure_error
@@ -37,7 +37,7 @@ from services.api.multipart import discard_new_media
 from services.api.openai.chat_request import (
     ChatCompletionRequest,
     chat_job,
-    unrecognized_arguments,
+    request_refusal,
 )
 from services.api.openai.completions import (
     chunk_object,
@@ -62,11 +62,7 @@ def read_chat_request(body: bytes) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate_json(body or b"{}")
     except ValidationError as error:
-        unknown = unrecognized_arguments(error)
-        if unknown:
-            raise ValidationFailed(f"Unrecognized request argument supplied: {', '.join(unknown)}",
-                                   code="unrecognized_argument") from None
-        raise validation_failure(error) from None
+        raise request_refusal(error) from None
 
 
 @router.post(

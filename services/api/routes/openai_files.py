@@ -18,8 +18,8 @@ from services.api.openai.files import (
     file_object,
     get_file,
     list_files,
-    page,
 )
+from services.api.openai.pages import page
 from shared.db.engine import session_scope
 from shared.db.models import StoredFile
 from shared.storage import ObjectNotFound
