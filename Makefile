@@ -38,6 +38,7 @@ test: install
 bench: install
 	$(PY) bench/api_submit.py
 	$(PY) bench/upload.py
+	$(PY) bench/api_memory.py
 
 clean:
 	rm -rf .run

@@ -99,6 +99,8 @@ def stack_env(database_url, broker_url, s3_endpoint, tiny_model_dir, seed_model_
         # Webhook receivers in tests listen on loopback; API.md's retry schedule shrunk 100×.
         "VLMQ_ALLOW_PRIVATE_NETWORKS": "true",
         "VLMQ_WEBHOOK_RETRY_SCALE": "0.01",
+        # Below the notifier's three senders: one tenant's slow receiver leaves a sender to the others.
+        "VLMQ_WEBHOOK_TENANT_CONCURRENCY": "2",
         # The suite sends jobs faster than a tenant's default budget; tests/test_tenant_limits.py sets its own.
         "VLMQ_JOBS_PER_MINUTE": "0",
     }

@@ -150,7 +150,7 @@ def test_a_huge_image_dimension_is_422_not_a_crash(acme):
     # given a tiny PNG file that claims to be 30000×30000 pixels (a decompression bomb)
     buffer = io.BytesIO()
     Image.new("1", (30000, 30000)).save(buffer, format="PNG")
-    assert_error(submit(acme, {"task": "caption"}, buffer.getvalue()), 422, "invalid_media")
+    assert_error(submit(acme, {"task": "caption"}, buffer.getvalue()), 422, "image_too_large")
 
 
 @pytest.mark.parametrize(

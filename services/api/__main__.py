@@ -1,5 +1,6 @@
 """Run the API: ``python -m services.api`` (VLMQ_API_HOST, VLMQ_API_PORT, VLMQ_API_WORKERS,
-VLMQ_API_ACCESS_LOG)."""
+VLMQ_API_ACCESS_LOG, and the connection limits VLMQ_API_MAX_HEADER_BYTES, VLMQ_API_HEADER_TIMEOUT_S,
+VLMQ_API_BODY_IDLE_TIMEOUT_S, VLMQ_API_MAX_CONCURRENCY)."""
 
 import uvicorn
 
@@ -19,6 +20,10 @@ def main() -> None:
         workers=settings.api_workers,
         timeout_worker_healthcheck=settings.api_worker_healthcheck_s,
         access_log=settings.api_access_log,
+        # h11, not httptools: h11 bounds a request head; the subclass adds the timeouts (see its module).
+        http="services.api.http_protocol:BoundedH11Protocol",
+        h11_max_incomplete_event_size=settings.api_max_header_bytes,
+        limit_concurrency=settings.api_max_concurrency or None,
         log_config=logging_config(settings, role="api"),  # applied in every worker process too
     )
 

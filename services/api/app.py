@@ -17,6 +17,7 @@ from services.api.limits import TenantLimiter
 from services.api.metrics import RequestMetrics, api_metrics_registry
 from services.api.metrics import router as metrics_router
 from services.api.openai import OPENAI_SCHEMAS
+from services.api.request_body import CloseUnreadBodies
 from services.api.routes import (
     health,
     indexes,
@@ -80,6 +81,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.deltas = deltas_reader(resolve_broker_url(settings))
     app.state.metrics_registry = api_metrics_registry(settings)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(CloseUnreadBodies)
     install_error_handlers(app)
     for module in (health, jobs, uploads, models, webhooks, indexes, openai_chat, openai_files, openai_batches):
         app.include_router(module.router)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -13,38 +12,25 @@ from starlette.concurrency import run_in_threadpool
 from services.api.errors import NotFound, UnsupportedMedia, ValidationFailed
 from services.api.ingest import MediaIngest, inspect_stored_object, media_failure_error
 from services.api.multipart import discard_new_media, parse_media_form
-from services.api.schemas import InputRef, JobCreate, JobSpec
+from services.api.request_body import (
+    MAX_JSON_BODY,
+    parse_body,
+    read_capped_body,
+    validation_failure,
+)
+from services.api.schemas import MAX_JOB_MEDIA, InputRef, JobCreate, JobSpec
 from services.api.submission import (
     check_media_fits_task,
     known_media,
     object_keys_for,
     refuse_unfetchable_url,
+    refuse_unreachable_webhook,
 )
 from shared.config.settings import ApiSettings
 from shared.db.engine import get_engine
 from shared.media import StoredMedia
 from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
 from shared.storage import ObjectNotFound, ObjectStore
-
-MAX_JSON_BODY = 1024 * 1024
-
-
-async def read_capped_body(request: Request, limit: int, message: str) -> bytes:
-    """The whole body, refused with 400 as soon as it passes ``limit`` bytes (``{limit}`` in ``message``)."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ValidationFailed(message.format(limit=limit))
-    return bytes(body)
-
-
-def validation_failure(error: ValidationError) -> ValidationFailed:
-    problems = [
-        {"loc": [str(part) for part in item["loc"]], "message": item["msg"]} for item in error.errors()
-    ]
-    message = "; ".join(f"{'.'.join(p['loc']) or 'body'}: {p['message']}" for p in problems)
-    return ValidationFailed(message, details={"errors": problems})
 
 
 @dataclass
@@ -89,20 +75,21 @@ class JobBodyReader:
             store_as=self.tenant_id if self.keep_files else None,
             max_bytes=self.settings.max_upload_bytes,
             max_image_bytes=self.settings.max_image_bytes,
+            max_image_pixels=self.settings.max_image_pixels,
         )
 
     async def _read_multipart(self, request: Request) -> JobBody:
-        text, media = await parse_media_form(request, new_ingest=self._new_ingest, store=self.store)
+        text, media = await parse_media_form(request, new_ingest=self._new_ingest, store=self.store,
+                                             max_files=MAX_JOB_MEDIA)
         try:
             if text is None:
                 raise ValidationFailed("the multipart body has no 'request' part")
-            try:
-                spec = JobSpec.model_validate(json.loads(text))
-            except json.JSONDecodeError as error:
-                raise ValidationFailed(f"the request part is not JSON: {error}") from error
+            try:  # the parser of the JSON form, so both forms refuse the same things
+                spec = JobSpec.model_validate_json(text)
             except ValidationError as error:
                 raise validation_failure(error) from error
             check_media_fits_task(spec, media)
+            refuse_unreachable_webhook(spec.webhook, allow_private=self.settings.allow_private_networks)
         except ValidationFailed:
             await run_in_threadpool(discard_new_media, self.store, media)
             raise
@@ -111,13 +98,14 @@ class JobBodyReader:
     async def _read_json(self, request: Request) -> JobBody:
         body = await read_capped_body(request, MAX_JSON_BODY, "JSON bodies are limited to {limit} bytes; upload media instead")
         try:
-            create = JobCreate.model_validate_json(body or b"{}")
+            create = await parse_body(JobCreate.model_validate_json, body or b"{}")
         except ValidationError as error:
             raise validation_failure(error) from error
         refs = create.input.refs() if create.input else []
         for ref in refs:
             if ref.url is not None:
                 refuse_unfetchable_url(str(ref.url), allow_private=self.settings.allow_private_networks)
+        refuse_unreachable_webhook(create.webhook, allow_private=self.settings.allow_private_networks)
         spec = JobSpec.model_validate(create.model_dump(exclude={"input"}))
         if not refs:
             check_media_fits_task(spec, [])
@@ -135,6 +123,7 @@ class JobBodyReader:
             return await inspect_stored_object(
                 self.store, key,
                 max_bytes=self.settings.max_upload_bytes, max_image_bytes=self.settings.max_image_bytes,
+                max_image_pixels=self.settings.max_image_pixels,
             )
         except ObjectNotFound as error:
             raise NotFound(f"no object {key!r} in your storage", code="object_not_found") from error

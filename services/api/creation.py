@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.api.body import JobBodyReader
 from services.api.catalog import ModelCatalog
+from services.api.context_budget import prompt_budget
 from services.api.errors import IdempotencyKeyReused
 from services.api.idempotency import KeyedRequest, Replayed, request_sha256
 from services.api.jobs import read_job_public
@@ -44,15 +45,20 @@ async def create_job_from_request(
         keyed = KeyedRequest(idempotency_key, request_sha256(body.spec, refs=body.refs, media=body.media))
     try:
         model_id = catalog.resolve(body.spec.model)
+        n_media = len(body.media) if body.media is not None else len(body.refs)
+        budget = await run_in_threadpool(prompt_budget, body.spec, catalog.checkpoints.get(model_id), n_media=n_media)
+        if budget is not None and body.media is not None:  # known media: refused before the submitter
+            budget.check(body.media)
     except Exception:
         await run_in_threadpool(discard_new_media, store, body.media or [])
         raise
     try:
-        submission = Submission(tenant_id, body.spec, model_id, media=body.media, refs=body.refs, keyed=keyed)
+        submission = Submission(tenant_id, body.spec, model_id, media=body.media, refs=body.refs, keyed=keyed,
+                                budget=budget)
         outcome = await asyncio.wrap_future(submitter.submit(submission))
         if isinstance(outcome, Unresolved):  # objects written to storage directly: inspect them once
             media = [known or await reader.inspect(key) for key, known in zip(outcome.keys, outcome.media, strict=True)]
-            retry = Submission(tenant_id, body.spec, model_id, media=media, keyed=keyed)
+            retry = Submission(tenant_id, body.spec, model_id, media=media, keyed=keyed, budget=budget)
             outcome = await asyncio.wrap_future(submitter.submit(retry))
     except IdempotencyKeyReused:
         # No job uses the files this request brought: the key's job was made from other content.

@@ -7,16 +7,23 @@ the thread pool, a hop per dependency per request on the hot path.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from services.api.auth import KeyRing
 from services.api.catalog import ModelCatalog
 from services.api.errors import Unauthorized
 from services.api.limits import TenantLimiter
+from services.api.request_body import (
+    MAX_JSON_BODY,
+    parse_body,
+    read_capped_body,
+    validation_failure,
+)
 from services.api.submitter import JobSubmitter
 from services.api.waiting import MAX_WAIT_S, JobWaiter, wait_preference
 from shared.config.settings import ApiSettings
@@ -85,6 +92,24 @@ async def get_tenant(
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_body(model: type[M], *, limit: int = MAX_JSON_BODY) -> Any:
+    """A JSON body as ``model``, read only once the API key has been checked, and capped.
+
+    FastAPI reads (and parses, on the event loop) a body declared as a model parameter before it
+    solves any dependency, the key included; this dependency reads it after. The route's OpenAPI
+    document names the body itself (``openapi_extra``)."""
+
+    async def read(request: Request, _tenant: TenantDep) -> M:
+        body = await read_capped_body(request, limit, "this body is limited to {limit} bytes")
+        try:
+            return await parse_body(model.model_validate_json, body or b"{}")
+        except ValidationError as error:
+            raise validation_failure(error) from None
+
+    return Depends(read)
 
 
 async def get_waiter(request: Request) -> JobWaiter:

@@ -10,6 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from shared.storage import InvalidObjectKey
 
 log = logging.getLogger("vlmq.api")
 
@@ -60,6 +63,12 @@ class UnsupportedMedia(ApiError):
 
 class InvalidMedia(ApiError):
     status_code, code = 422, "invalid_media"
+
+
+class ImageTooLarge(InvalidMedia):
+    """More pixels than VLMQ_MAX_IMAGE_PIXELS, told from the header: a decompression bomb is never decoded."""
+
+    code = "image_too_large"
 
 
 class TooManyRequests(ApiError):
@@ -132,6 +141,20 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(error.status_code, "http_error")
         return error_response(request, error.status_code, code, str(error.detail), None,
                               getattr(error, "headers", None))
+
+    @app.exception_handler(InvalidObjectKey)
+    async def _invalid_object_key(request: Request, error: Exception) -> JSONResponse:
+        # A store refused a key that got past the request's own checks (shared.storage.keys): the
+        # key is the client's input, so a 400 like those checks give, never a 500.
+        log.warning("a store refused an object key: %s", error)
+        return error_response(request, 400, "validation_error", f"invalid object key: {error}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, error: Exception) -> JSONResponse:
+        # The client went away (or the server closed a connection whose body stalled) while its
+        # body was being read: nobody is left to answer, and it is no fault of the API's.
+        log.info("the client of %s %s went away before its body ended", request.method, request.url.path)
+        return error_response(request, 400, "client_disconnected", "the request body did not arrive")
 
     @app.exception_handler(DataError)
     async def _unstorable_value(request: Request, error: Exception) -> JSONResponse:

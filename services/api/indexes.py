@@ -16,16 +16,20 @@ from pydantic import ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from services.api.body import MAX_JSON_BODY, read_capped_body
 from services.api.errors import UnsupportedMedia, ValidationFailed
 from services.api.ownership import owned_or_404
+from services.api.request_body import MAX_JSON_BODY, parse_body, read_capped_body
 from services.api.schemas import (
     MAX_INDEX_VIDEOS,
     IndexVideoRef,
     VideoIndexCreate,
     VideoIndexSpec,
 )
-from services.api.submission import object_key_for, refuse_unfetchable_url
+from services.api.submission import (
+    object_key_for,
+    refuse_unfetchable_url,
+    refuse_unreachable_webhook,
+)
 from shared.db.models import IndexSegment, IndexVideo, VideoIndex, utcnow
 from shared.ids import new_id
 from shared.queue import FRAMES_QUEUE, INDEX_VIDEO_TASK
@@ -46,7 +50,7 @@ async def read_index_request(request: Request) -> VideoIndexCreate:
         raise UnsupportedMedia("send application/json or multipart/form-data", code="unsupported_content_type")
     body = await read_capped_body(request, MAX_MANIFEST_BYTES, "bodies are limited to {limit} bytes")
     try:
-        return VideoIndexCreate.model_validate_json(body or b"{}")
+        return await parse_body(VideoIndexCreate.model_validate_json, body or b"{}")
     except ValidationError as error:
         problems = _problems(error, [])
         raise ValidationFailed(_summary(problems), details={"errors": problems[:50]}) from None
@@ -104,6 +108,7 @@ def _source_and_key(session: Session, tenant_id: str, ref: IndexVideoRef, *, all
 
 def create_index(session: Session, celery: Celery, *, tenant_id: str, body: VideoIndexCreate, model_id: str,
                  allow_private: bool) -> VideoIndex:
+    refuse_unreachable_webhook(body.webhook, allow_private=allow_private)
     now = utcnow()
     index = VideoIndex(
         id=new_id("vix"), tenant_id=tenant_id, name=body.name, status="queued", model=model_id, prompt=body.prompt,

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from services.api.errors import (
     ApiError,
     DependencyDown,
+    ImageTooLarge,
     InvalidMedia,
     PayloadTooLarge,
     UnsupportedMedia,
@@ -27,6 +28,7 @@ from shared.storage import ObjectStore, media_key, staging_key
 
 _ERRORS: dict[str, type[ApiError]] = {
     "media_too_large": PayloadTooLarge, "unsupported_media": UnsupportedMedia, "invalid_media": InvalidMedia,
+    "image_too_large": ImageTooLarge,
 }
 
 
@@ -50,9 +52,11 @@ def media_failure_error(code: str, message: str, *, transient: bool) -> ApiError
 class MediaIngest:
     """One file. ``store_as`` = tenant id to store it, None to only inspect it (plans, existing keys)."""
 
-    def __init__(self, store: ObjectStore, *, store_as: str | None, max_bytes: int, max_image_bytes: int) -> None:
+    def __init__(self, store: ObjectStore, *, store_as: str | None, max_bytes: int, max_image_bytes: int,
+                 max_image_pixels: int) -> None:
         self._store, self._tenant = store, store_as
-        self._check = MediaCheck(max_bytes=max_bytes, max_image_bytes=max_image_bytes)
+        self._check = MediaCheck(max_bytes=max_bytes, max_image_bytes=max_image_bytes,
+                                 max_image_pixels=max_image_pixels)
         self._blocks = WriteBlocks()  # bytes on their way to the writer
         self._staging_key = staging_key(store_as) if store_as else None
         self._writer = store.open_writer(self._staging_key) if self._staging_key else None
@@ -95,10 +99,11 @@ class MediaIngest:
 
 
 async def inspect_stored_object(
-    store: ObjectStore, key: str, *, max_bytes: int, max_image_bytes: int
+    store: ObjectStore, key: str, *, max_bytes: int, max_image_bytes: int, max_image_pixels: int
 ) -> StoredMedia:
     """Read an object already in storage through the same checks as an upload."""
-    ingest = MediaIngest(store, store_as=None, max_bytes=max_bytes, max_image_bytes=max_image_bytes)
+    ingest = MediaIngest(store, store_as=None, max_bytes=max_bytes, max_image_bytes=max_image_bytes,
+                         max_image_pixels=max_image_pixels)
     chunks = await run_in_threadpool(lambda: iter(store.iter_chunks(key)))
     while True:
         chunk = await run_in_threadpool(next, chunks, None)

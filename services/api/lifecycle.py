@@ -16,7 +16,7 @@ from services.api.jobs import get_job, job_public, results_for
 from services.api.schemas import JobPublic
 from shared.db.models import Job, JobResult, Media
 from shared.jobs import JobNotFound, JobStatus, StaleTransition, cancel_job
-from shared.storage import ObjectStore, StorageError, tenant_prefix
+from shared.storage import InvalidObjectKey, ObjectStore, StorageError, is_tenant_key
 
 log = logging.getLogger("vlmq.api")
 
@@ -59,7 +59,8 @@ def _cancel_unless_finished(session: Session, job_id: str, *, refuse_finished: b
 
 def delete_tenant_job(session: Session, store: ObjectStore, *, tenant_id: str, job_id: str) -> None:
     """Remove the job, its result, and each stored object it used that no other job of the tenant
-    uses (media are content-addressed, so one object may serve many jobs)."""
+    uses (media are content-addressed, so one object may serve many jobs). Only canonical keys under
+    the tenant's own prefix are ever deleted from storage, whatever an older row says."""
     job = get_job(session, tenant_id, job_id)
     if not JobStatus(job.status).is_terminal():
         # Canceled (and committed) first, so its worker stops at its next heartbeat even if the
@@ -72,10 +73,7 @@ def delete_tenant_job(session: Session, store: ObjectStore, *, tenant_id: str, j
     )
     if job is None:
         raise NotFound(f"no job {job_id}", code="job_not_found")
-    prefix = tenant_prefix(tenant_id)
-    keys = sorted({
-        key for item in job.input.get("items", []) if (key := item.get("object_key")) and key.startswith(prefix)
-    })
+    keys = sorted({key for item in job.input.get("items", []) if (key := item.get("object_key"))})
     if keys:
         # Locked in key order before the reference check: two deletes of jobs sharing an object
         # serialise here, and the second sees the first's job gone and removes what it left.
@@ -94,14 +92,26 @@ def delete_tenant_job(session: Session, store: ObjectStore, *, tenant_id: str, j
         # Before the commit: a 204 means the bytes are gone too; a storage failure rolls the rows
         # back, and the client's retry deletes again (deleting a missing object is a no-op).
         for key in orphaned:
-            store.delete(key)
-        if job.prepared:  # a video job's sampled frames
-            store.delete(job.prepared["frames_key"])
+            if _own_stored_key(tenant_id, key):
+                store.delete(key)
+        frames = (job.prepared or {}).get("frames_key")  # a video job's sampled frames
+        if frames and _own_stored_key(tenant_id, frames):
+            store.delete(frames)
     except (StorageError, OSError) as error:
         session.rollback()
         log.error("could not delete the media of %s: %s", job_id, error)
         raise DependencyDown("storage is not reachable; the job was not deleted, retry") from error
     session.commit()
+
+
+def _own_stored_key(tenant_id: str, key: str) -> bool:
+    """Whether deleting ``key`` can only remove an object of the tenant's. Rows written before keys
+    were checked may name ``tenants/bob/../alice/…``: their rows go, the object they point at stays."""
+    try:
+        return is_tenant_key(tenant_id, key)
+    except InvalidObjectKey:
+        log.warning("job of %s names a non-canonical object key %r; its object is left alone", tenant_id, key)
+        return False
 
 
 # Which of ``keys`` some job of the tenant still names in ``input.items``. PostgreSQL asks by JSONB

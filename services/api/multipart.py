@@ -17,29 +17,42 @@ from shared.storage import ObjectStore
 T_co = TypeVar("T_co", covariant=True)
 T = TypeVar("T")
 MAX_FIELD_BYTES = 64 * 1024
+MAX_PART_HEADER_BYTES = 8 * 1024
 FILE_PART = "file"
 REQUEST_PART = "request"
 
 
 class _Events:
-    """The push parser's callbacks, recorded so they can be handled with ``await``."""
+    """The push parser's callbacks, recorded so they can be handled with ``await``.
+
+    python-multipart reports a header's name and value in as many pieces as the reads that carried
+    them (a network cuts a body anywhere): they are joined, and the header recorded only at its end."""
 
     def __init__(self) -> None:
         self.items: list[tuple] = []
-        self._header_name = b""
+        self._name = bytearray()
+        self._value = bytearray()
 
     def callbacks(self) -> dict:
         return {
             "on_part_begin": lambda: self.items.append(("begin",)),
-            "on_header_field": lambda data, start, end: setattr(self, "_header_name", self._header_name + data[start:end]),
-            "on_header_value": lambda data, start, end: self.items.append(
-                ("header", self._header_name.lower(), data[start:end])
-            ),
-            "on_header_end": lambda: setattr(self, "_header_name", b""),
+            "on_header_field": lambda data, start, end: self._add(self._name, data[start:end]),
+            "on_header_value": lambda data, start, end: self._add(self._value, data[start:end]),
+            "on_header_end": self._header_end,
             "on_part_data": lambda data, start, end: self.items.append(("data", bytes(data[start:end]))),
             "on_part_end": lambda: self.items.append(("end",)),
             "on_end": lambda: self.items.append(("body_end",)),
         }
+
+    def _add(self, into: bytearray, piece: bytes) -> None:
+        into += piece
+        if len(self._name) + len(self._value) > MAX_PART_HEADER_BYTES:
+            raise ValidationFailed(f"a part's header is larger than {MAX_PART_HEADER_BYTES} bytes")
+
+    def _header_end(self) -> None:
+        self.items.append(("header", bytes(self._name).lower(), bytes(self._value)))
+        self._name.clear()
+        self._value.clear()
 
     def drain(self) -> list[tuple]:
         items, self.items = self.items, []
@@ -64,11 +77,11 @@ class PartSink(Protocol[T_co]):
 
 async def parse_streaming_form(
     request: Request, *, open_file: Callable[[str | None], PartSink[T]], text_fields: tuple[str, ...],
-    discard: Callable[[list[T]], None],
+    discard: Callable[[list[T]], None], max_files: int | None = None,
 ) -> tuple[dict[str, str], list[T]]:
-    """The text of each of ``text_fields`` that came, and every ``file`` part, streamed in order
-    through a sink ``open_file(filename)`` opens. On any failure the sinks are aborted and
-    ``discard`` gets what finished sinks produced."""
+    """The text (UTF-8) of each of ``text_fields`` that came, and every ``file`` part (at most
+    ``max_files``), streamed in order through a sink ``open_file(filename)`` opens. On any failure
+    the sinks are aborted and ``discard`` gets what finished sinks produced."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -94,6 +107,10 @@ async def parse_streaming_form(
                     _, disposition = parse_options_header(event[2])
                     current_name = disposition.get(b"name", b"").decode()
                     if current_name == FILE_PART:
+                        if max_files is not None and len(finished) >= max_files:
+                            raise ValidationFailed(
+                                f"at most {max_files} file parts are allowed", details={"errors": [
+                                    {"loc": [FILE_PART], "message": f"at most {max_files} file parts"}]})
                         filename = disposition.get(b"filename")
                         sink = open_file(filename.decode("utf-8", errors="replace") if filename else None)
                     elif current_name in text_fields:
@@ -112,20 +129,28 @@ async def parse_streaming_form(
                     complete = True
         if not complete:
             raise ValidationFailed("the multipart body ended before its closing boundary")
+        return {name: _utf8(name, text) for name, text in texts.items()}, finished
     except BaseException:
         if sink is not None:
             await sink.abort()
         await run_in_threadpool(discard, finished)
         raise
-    return {name: text.decode("utf-8", errors="replace") for name, text in texts.items()}, finished
+
+
+def _utf8(name: str, text: bytearray) -> str:
+    """Refused as a JSON body with such bytes is, never with the bytes silently replaced."""
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValidationFailed(f"the {name} part is not valid UTF-8 (byte {error.start})") from None
 
 
 async def parse_media_form(
-    request: Request, *, new_ingest: Callable[[], MediaIngest], store: ObjectStore
+    request: Request, *, new_ingest: Callable[[], MediaIngest], store: ObjectStore, max_files: int
 ) -> tuple[str | None, list[StoredMedia]]:
     """The ``request`` part's text and every ``file`` part, stored (or inspected) in order."""
     texts, stored = await parse_streaming_form(
         request, open_file=lambda _filename: new_ingest(), text_fields=(REQUEST_PART,),
-        discard=lambda media: discard_new_media(store, media),
+        discard=lambda media: discard_new_media(store, media), max_files=max_files,
     )
     return texts.get(REQUEST_PART), stored

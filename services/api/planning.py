@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 
+from services.api.context_budget import prompt_budget
 from services.api.ingest import media_failure_error
 from services.api.schemas import FramePublic, ImagePlanPublic, JobSpec, PlanPublic
 from shared.config.settings import ApiSettings
@@ -21,7 +22,7 @@ def plan_job(
     frames: list[SampledFrame] | None = None,
 ) -> PlanPublic:
     """The exact prompt and tiles. A video's ``frames`` (sampled from the probed video) are one
-    448×448 tile each."""
+    448×448 tile each. Counts the prompt's tokens: call it off the event loop."""
     images = [item for item in media if item.is_image]
     frames = frames or []
     n_frames = len(frames)
@@ -39,6 +40,10 @@ def plan_job(
         history=[(turn.user, turn.assistant) for turn in spec.history or []],
         system_message=checkpoint.system_message if spec.system is None else spec.system,
     )
+    image_tokens = TOKENS_PER_TILE * (sum(plan.tiles for plan in plans) + n_frames)
+    # Refused as the job would be: a plan that answers 200 is a job that fits.
+    budget = prompt_budget(spec, checkpoint, n_media=len(media))
+    input_tokens = budget.check_image_tokens(image_tokens) if budget is not None else None
     return PlanPublic(
         prompt=prompt,
         images=[
@@ -46,8 +51,10 @@ def plan_job(
             for plan in plans
         ],
         frames=[FramePublic(index=frame.index, time_s=frame.time_s) for frame in frames],
-        image_tokens=TOKENS_PER_TILE * (sum(plan.tiles for plan in plans) + n_frames),
+        image_tokens=image_tokens,
         model=model_id,
+        input_tokens=input_tokens,
+        context_length=budget.context_length if budget is not None else checkpoint.context_length,
     )
 
 

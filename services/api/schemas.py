@@ -16,8 +16,13 @@ from pydantic import (
 )
 
 from shared.jobs.states import JobStatus, JobTask
+from shared.storage.base import InvalidObjectKey
+from shared.storage.keys import MAX_KEY_BYTES, check_object_key
+from shared.webhooks.events import DEFAULT_EVENTS, INDEX_EVENT_TYPES, JOB_EVENT_TYPES
 
 MAX_METADATA_BYTES = 4096
+# Images (or videos) one job takes, in either body form: JSON input.items and multipart file parts.
+MAX_JOB_MEDIA = 16
 
 
 def _refuse_nul(value: Any) -> Any:
@@ -70,9 +75,17 @@ class HistoryTurn(BaseModel):
     assistant: str
 
 
+# API.md's event names; any other would never be sent, so it is refused when the webhook is given.
+JobEvent = Literal[JOB_EVENT_TYPES]  # type: ignore[valid-type]
+IndexEvent = Literal[INDEX_EVENT_TYPES]  # type: ignore[valid-type]
+
+
 class WebhookSpec(BaseModel):
+    """Where a job's events go. The URL's form and literal address are checked where the job is
+    created (``services.api.submission.refuse_unreachable_webhook``), the resolved address at each attempt."""
+
     url: HttpUrl
-    events: list[str] = Field(default_factory=lambda: ["job.succeeded", "job.failed", "job.canceled"])
+    events: list[JobEvent] = Field(default_factory=lambda: list(DEFAULT_EVENTS))
 
 
 class InputRef(RequestBody):
@@ -81,8 +94,23 @@ class InputRef(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     url: HttpUrl | None = None
-    object_key: str | None = Field(default=None, min_length=1, max_length=512)
-    upload_id: str | None = Field(default=None, min_length=1, max_length=40)
+    object_key: str | None = Field(
+        default=None, min_length=1, max_length=MAX_KEY_BYTES,
+        description="A key in the tenant's storage, canonical: segments separated by single '/', "
+                    "no '.', '..' or empty segment, no backslash or control character.")
+    # An id, never a path: it names a row of the tenant's, and its key is built from it.
+    upload_id: str | None = Field(default=None, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")
+
+    @field_validator("object_key")
+    @classmethod
+    def _canonical_key(cls, value: str | None) -> str | None:
+        """Refused for its form alone (400), whoever's objects it points at and whether they exist."""
+        if value is not None:
+            try:
+                check_object_key(value)
+            except InvalidObjectKey as error:
+                raise ValueError(str(error)) from None
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> InputRef:
@@ -93,7 +121,7 @@ class InputRef(RequestBody):
 
 
 class JobInput(InputRef):
-    items: list[InputRef] | None = Field(default=None, min_length=1, max_length=16)
+    items: list[InputRef] | None = Field(default=None, min_length=1, max_length=MAX_JOB_MEDIA)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> JobInput:
@@ -217,6 +245,10 @@ class PlanPublic(BaseModel):
     frames: list[FramePublic]
     image_tokens: int
     model: str
+    # The model's positions and what the prompt takes of them (text and image tokens; null where the
+    # API cannot count them): input_tokens + max_new_tokens must fit context_length.
+    input_tokens: int | None = None
+    context_length: int | None = None
 
 
 class UploadCreate(RequestBody):
@@ -273,7 +305,7 @@ MAX_INDEX_VIDEOS = 10_000
 
 class IndexWebhookSpec(BaseModel):
     url: HttpUrl
-    events: list[str] = Field(default_factory=lambda: ["video_index.completed"])
+    events: list[IndexEvent] = Field(default_factory=lambda: list(INDEX_EVENT_TYPES))
 
 
 class IndexVideoRef(InputRef):

@@ -19,7 +19,7 @@ from shared.ids import new_id
 from shared.jobs import JobStatus, JobTask
 from shared.media import MEDIA_FIELDS, PendingUrl, StoredMedia
 from shared.net import OutboundRefused, check_url_form
-from shared.storage import tenant_prefix, upload_key
+from shared.storage import is_tenant_key, upload_key
 
 media_table = Media.__table__
 jobs_table = Job.__table__
@@ -48,6 +48,20 @@ def refuse_unfetchable_url(url: str, *, allow_private: bool) -> None:
         raise ValidationFailed(str(refusal), code="url_refused", details={"url": url}) from None
 
 
+def refuse_unreachable_webhook(webhook: Any, *, allow_private: bool) -> None:
+    """The same refusal for the webhook a job, index or batch names (anything with a ``url``): an
+    internal address written literally is refused when it is given, not at its first delivery;
+    each attempt checks the resolved addresses."""
+    if webhook is None:
+        return
+    url = str(webhook.url)
+    try:
+        check_url_form(url, allow_private=allow_private)
+    except OutboundRefused as refusal:
+        raise ValidationFailed(f"webhook.url: {refusal}", code="url_refused",
+                               details={"url": url, "field": "webhook.url"}) from None
+
+
 def object_key_for(connection: Connection, tenant_id: str, ref: InputRef) -> str | None:
     """The storage key a ref names (None for a URL); uploads and keys of other tenants do not exist
     for this one."""
@@ -58,7 +72,9 @@ def object_key_for(connection: Connection, tenant_id: str, ref: InputRef) -> str
         if owner != tenant_id:
             raise NotFound(f"no upload {ref.upload_id}", code="upload_not_found")
         return upload_key(tenant_id, ref.upload_id)
-    if not ref.object_key.startswith(tenant_prefix(tenant_id)):
+    # By segments, on the canonical key, and before any storage is touched: another tenant's key
+    # gets the same 404 whether or not it exists.
+    if not is_tenant_key(tenant_id, ref.object_key):
         raise NotFound(f"no object {ref.object_key!r} in your storage", code="object_not_found")
     return ref.object_key
 

@@ -24,6 +24,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import insert
 
+from services.api.context_budget import PromptBudget
 from services.api.errors import (
     ApiError,
     Conflict,
@@ -76,6 +77,8 @@ class Submission:
     keyed: KeyedRequest | None = None  # the request's Idempotency-Key and body fingerprint
     keys: list[str | None] = field(default_factory=list)  # the refs' storage keys (None: a URL), once resolved
     done: Future = field(default_factory=Future)
+    # The prompt's tokens, counted in the request's thread: here only the media's tiles are added.
+    budget: PromptBudget | None = None
     rows: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
 
 
@@ -212,6 +215,8 @@ class JobSubmitter:
             media = found
         try:
             check_media_fits_task(item.spec, media)
+            if item.budget is not None:
+                item.budget.check(media)
         except ApiError as error:
             item.done.set_exception(error)
             return False

@@ -21,7 +21,7 @@ def start_relay(**_kwargs) -> None:
 
 
 @app.task(name=DELIVER_TASK, ignore_result=True)
-def deliver_task(delivery_id: str) -> str | None:
+def deliver_task(delivery_id: str, token: str | None = None) -> str | None:
     from services.notifier.deliver import deliver
 
-    return deliver(delivery_id, settings=settings)
+    return deliver(delivery_id, token=token, settings=settings)

@@ -13,12 +13,13 @@ import httpx
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from services.notifier.leases import ATTEMPT_DEADLINE_S, claim
 from shared.config.settings import NotifierSettings
 from shared.db.engine import session_scope
 from shared.db.models import Delivery, DeliveryAttempt, WebhookEndpoint, utcnow
 from shared.logs import about_job
 from shared.metrics import record
-from shared.net import OutboundRefused, send
+from shared.net import OutboundRefused, stream
 from shared.webhooks import (
     delay_before_attempt,
     is_retryable,
@@ -28,8 +29,9 @@ from shared.webhooks import (
 )
 
 log = logging.getLogger("vlmq.notifier")
-TIMEOUT_S = 10.0  # API.md
-MAX_RESPONSE_BYTES = 64 * 1024  # the receiver's answer is recorded, not kept
+# The status decides; the body is not kept. A small one is read so that the exchange ends cleanly,
+# a larger one is cut off there (a 2xx stays a success whatever follows it).
+RESPONSE_PREFIX_BYTES = 64 * 1024
 
 
 @dataclass
@@ -40,15 +42,16 @@ class Outcome:
     refused: bool = False
 
 
-def deliver(delivery_id: str, *, settings: NotifierSettings) -> str | None:
-    """One attempt; returns the delivery's status after it, or None if another sender had it."""
+def deliver(delivery_id: str, *, token: str | None, settings: NotifierSettings) -> str | None:
+    """One attempt for the dispatch ``token`` names; returns the delivery's status after it, or None
+    if this message may not make it (see ``leases.claim``)."""
     database_url = settings.resolved_database_url
     with session_scope(database_url) as session:
-        claimed = _claim(session, delivery_id)
+        claimed = claim(session, delivery_id, token, tenant_limit=settings.webhook_tenant_concurrency)
         if claimed is None:
             return None
-        attempt, url, payload, tenant_id = claimed
-        secrets_ = signing_secrets(secret_for(session, tenant_id))
+        attempt, url, payload = claimed.attempt, claimed.url, claimed.payload
+        secrets_ = signing_secrets(secret_for(session, claimed.tenant_id))
     about = payload["data"].get("id") if payload["type"].startswith("job.") else None
     with about_job(about) if about else nullcontext():
         return _attempt(delivery_id, attempt, url, payload, secrets_, settings)
@@ -71,21 +74,6 @@ def _attempt(delivery_id: str, attempt: int, url: str, payload: dict, secrets_: 
         return _settle(session, delivery_id, attempt, url, outcome, settings)
 
 
-def _claim(session: Session, delivery_id: str):
-    row = session.get(Delivery, delivery_id)
-    if row is None or row.status != "pending":
-        return None
-    seen, attempt = row.attempts, row.attempts + 1  # read before the UPDATE refreshes ``row``
-    claimed = session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == "pending", Delivery.attempts == seen)
-        .values(attempts=attempt)
-    )
-    if claimed.rowcount != 1:
-        return None
-    return attempt, row.url, row.payload, row.tenant_id
-
-
 def _post(delivery_id: str, url: str, payload: dict, secrets_: list[str], *, allow_private: bool) -> Outcome:
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     timestamp = utcnow()
@@ -97,16 +85,29 @@ def _post(delivery_id: str, url: str, payload: dict, secrets_: list[str], *, all
         "webhook-signature": signature_header(secrets_, delivery_id, timestamp, body),
     }
     try:
-        response = send(
-            "POST", url, allow_private=allow_private, follow_redirects=False, timeout=TIMEOUT_S,
-            headers=headers, content=body.encode(), max_bytes=MAX_RESPONSE_BYTES,
-        )
-    except OutboundRefused as error:
-        return Outcome(error=f"refused ({error.reason}): {error}"[:500], refused=error.reason != "too_large")
-    except httpx.HTTPError as error:  # connection refused, reset, timeout, TLS
+        with stream(
+            "POST", url, allow_private=allow_private, follow_redirects=False, timeout=ATTEMPT_DEADLINE_S,
+            deadline_s=ATTEMPT_DEADLINE_S, headers=headers, content=body.encode(),
+        ) as response:
+            _read_prefix(response)
+    except OutboundRefused as error:  # a URL or address the guard refuses: never sent, not retried
+        return Outcome(error=f"refused ({error.reason}): {error}"[:500], refused=True)
+    except httpx.HTTPError as error:  # connection refused, reset, TLS, a timeout or the deadline
         return Outcome(error=f"{type(error).__name__}: {error}"[:500])
     retry_after = _retry_after_s(response) if response.status_code in (429, 503) else None
     return Outcome(status_code=response.status_code, retry_after_s=retry_after)
+
+
+def _read_prefix(response: httpx.Response) -> None:
+    """At most RESPONSE_PREFIX_BYTES of the body (raw: nothing is decompressed), within the deadline."""
+    received = 0
+    try:
+        for chunk in response.iter_raw(RESPONSE_PREFIX_BYTES):
+            received += len(chunk)
+            if received >= RESPONSE_PREFIX_BYTES:
+                return
+    except httpx.HTTPError:
+        return  # the status line and headers came: what the body does after them changes nothing
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
@@ -142,7 +143,7 @@ def _settle(session: Session, delivery_id: str, attempt: int, url: str, outcome:
     settled = session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status == "pending", Delivery.attempts == attempt)
-        .values(**values)
+        .values(**values, leased_until=None)  # the attempt is over: its lease and its tenant slot end
     )
     if settled.rowcount != 1:
         return None  # redelivered meanwhile: the newer attempt decides

@@ -57,6 +57,10 @@ class CommonSettings(BaseSettings):
     # Media limits hold for uploads (API) and for media fetched by URL (worker) alike.
     max_upload_bytes: int = Field(default=2048 * MiB, description="Largest accepted media file.")
     max_image_bytes: int = Field(default=64 * MiB, description="Largest accepted image file.")
+    max_image_pixels: int = Field(
+        default=8192 * 8192, ge=1,
+        description="Most pixels (width × height, read from the header before decoding) an accepted image may have; "
+        "more is refused as image_too_large. The default takes an 8192² square or a 50 Mpx photo.")
     media_fetch_timeout_s: float = Field(default=300.0, gt=0, description="Longest a media URL may take to fetch.")
     max_video_duration_s: float = Field(default=4 * 3600.0, gt=0, description="Longest video a job may sample.")
     max_video_side: int = Field(default=8192, gt=0, description="Widest or tallest video frame, in pixels.")
@@ -148,6 +152,19 @@ class ApiSettings(CommonSettings):
         "answer its health ping before it kills and replaces it (uvicorn's own default, 5 s, kills busy processes "
         "on a loaded machine, dropping their open connections).")
     api_access_log: bool = Field(default=True, description="uvicorn's per-request access log lines.")
+    # What one connection may hold (services.api.http_protocol): a slow or oversized request is cut off.
+    api_max_header_bytes: int = Field(
+        default=64 * 1024, ge=4096, description="Largest request head (request line and headers, which bounds "
+        "their number too); a larger one is answered 431 and the connection closed.")
+    api_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long a connection may take to send a whole request head, from its "
+        "start or the first byte of its next request; then it is closed.")
+    api_body_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="How long a request body may stop arriving (while the API waits for it) "
+        "before the connection is closed.")
+    api_max_concurrency: int = Field(
+        default=1000, ge=0, description="Connections and requests one API process serves at once; beyond, new "
+        "requests get 503 (uvicorn's limit_concurrency). 0: unlimited.")
     upload_url_ttl_s: int = 3600
     public_url: str | None = Field(
         default=None, description="Base URL clients use to reach the API (for local-storage upload URLs)."
@@ -272,6 +289,10 @@ class NotifierSettings(CommonSettings):
     notifier_poll_s: float = Field(default=0.5, gt=0, description="How often due deliveries are looked for.")
     # 1.0 keeps API.md's schedule (5 s, 5 min, 30 min, …); tests shrink it to see several attempts.
     webhook_retry_scale: float = Field(default=1.0, gt=0)
+    webhook_tenant_concurrency: int = Field(
+        default=4, ge=1,
+        description="Most delivery attempts one tenant has in flight at once, over every notifier process: "
+        "a tenant's slow receivers hold no more senders than this; its further deliveries wait their turn.")
 
 
 @lru_cache

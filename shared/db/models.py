@@ -177,7 +177,10 @@ class Delivery(Base):
     """One event for one endpoint (the outbox row), written with the job transition that caused it."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_leased_until", "leased_until"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the webhook-id, the same on every attempt
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -188,6 +191,9 @@ class Delivery(Base):
     status: Mapped[str] = mapped_column(String(16))  # pending | succeeded | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
+    # Set while an attempt is in flight (until its deadline and a margin): no second attempt starts
+    # before, and the tenant's in-flight attempts are counted against its limit.
+    leased_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]

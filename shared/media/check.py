@@ -16,13 +16,16 @@ from PIL import Image, UnidentifiedImageError
 from shared.media.types import IMAGE_TYPES, SNIFF_BYTES, sniff_media_type
 from shared.storage import ObjectNotFound, ObjectStore
 
-# Images are validated by decoding them; below this they stay in memory, above it on disk.
+# Images are validated (``image_size``); below this they stay in memory, above it on disk.
 SPOOL_IN_MEMORY = 4 * 1024 * 1024
+
+# The default pixel budget (VLMQ_MAX_IMAGE_PIXELS): an 8192² square, a 50 Mpx phone photo.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 
 # What vlmq knows of a stored media file: the job object's input item and the media table's columns.
 MEDIA_FIELDS = ("object_key", "content_type", "size_bytes", "sha256", "width", "height", "duration_s", "fps")
 
-RejectionCode = Literal["media_too_large", "unsupported_media", "invalid_media"]
+RejectionCode = Literal["media_too_large", "unsupported_media", "invalid_media", "image_too_large"]
 
 
 class MediaRejected(Exception):
@@ -75,23 +78,57 @@ class PendingUrl:
         return {"url": self.url, **dict.fromkeys(MEDIA_FIELDS)}
 
 
-def image_size(file) -> tuple[int, int]:
-    """Decode the whole image: a truncated or corrupt file fails here, not in the model."""
-    file.seek(0)
+def open_image(file, *, max_pixels: int) -> Image.Image:
+    """The image in ``file``, opened (Pillow reads only the header) and refused with code
+    ``image_too_large`` when its width × height is over ``max_pixels``, before any pixel is decoded."""
+    # Pillow's own bomb guard (a warning above the limit, an error above twice it) says the same as
+    # ours: one budget per process, from its settings.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with Image.open(file) as image:
-            image.load()
-            return image.width, image.height
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        image = Image.open(file)
+    except Image.DecompressionBombError as error:
+        raise MediaRejected("image_too_large", f"the image has more pixels than the limit of {max_pixels} pixels",
+                            {"limit_pixels": max_pixels}) from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise MediaRejected("invalid_media", f"the image could not be decoded: {error}") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise MediaRejected(
+            "image_too_large",
+            f"the image is {width}×{height} = {width * height} pixels, more than the limit of {max_pixels} pixels",
+            {"limit_pixels": max_pixels, "width": width, "height": height},
+        )
+    return image
+
+
+def image_size(file, *, max_pixels: int) -> tuple[int, int]:
+    """Check the whole image in bounded memory: the pixel budget from the header first, then a
+    truncated or corrupt file fails here, not in the model. A JPEG is decoded at 1/8 scale (its
+    whole entropy-coded stream is still read); a PNG has every chunk's CRC checked up to IEND
+    without inflating its pixels; other formats are decoded, within the budget."""
+    file.seek(0)
+    with open_image(file, max_pixels=max_pixels) as image:
+        size = image.size
+        try:
+            if image.format == "PNG":
+                image.verify()
+            else:
+                if image.format == "JPEG":
+                    image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                image.load()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise MediaRejected("invalid_media", f"the image could not be decoded: {error}") from error
+    return size
 
 
 class MediaCheck:
     """One file's bytes, fed in order. ``feed`` answers the bytes ready to pass on (none while the
-    type is still being sniffed) or raises MediaRejected; ``describe`` decodes and sums it up."""
+    type is still being sniffed) or raises MediaRejected; ``describe`` checks and sums it up."""
 
-    def __init__(self, *, max_bytes: int, max_image_bytes: int) -> None:
+    def __init__(self, *, max_bytes: int, max_image_bytes: int, max_image_pixels: int) -> None:
         self._max_bytes, self._max_image_bytes = max_bytes, max_image_bytes
+        self._max_image_pixels = max_image_pixels
         self._hash = hashlib.sha256()
         self._size = 0
         self._head = b""
@@ -121,11 +158,11 @@ class MediaCheck:
         return self._decide_type() if self.content_type is None else b""
 
     def describe(self) -> StoredMedia:
-        """After ``finish``: the file as stored media (``object_key`` still empty). Decodes images."""
+        """After ``finish``: the file as stored media (``object_key`` still empty). Checks images."""
         width = height = None
         if self._spool is not None:
             try:
-                width, height = image_size(self._spool)
+                width, height = image_size(self._spool, max_pixels=self._max_image_pixels)
             finally:
                 self.close()
         return StoredMedia("", self.content_type, self._size, self._hash.hexdigest(), width, height)  # type: ignore[arg-type]

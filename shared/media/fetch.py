@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from shared.media.check import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     MediaCheck,
     MediaRejected,
     StoredMedia,
@@ -41,6 +42,7 @@ class FetchFailed(Exception):
 class FetchLimits:
     max_bytes: int
     max_image_bytes: int
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     read_timeout_s: float = 10.0  # each connect and read
     total_timeout_s: float = 300.0  # the whole transfer: a server dripping bytes cannot hold a worker
     allow_private: bool = False
@@ -51,6 +53,7 @@ class FetchLimits:
         return cls(
             max_bytes=settings.max_upload_bytes,
             max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
             total_timeout_s=settings.media_fetch_timeout_s,
             allow_private=settings.allow_private_networks,
         )
@@ -61,7 +64,8 @@ def fetch_media(url: str, *, limits: FetchLimits, store: ObjectStore | None = No
     """The media at ``url``, stored under the tenant's content address when ``store`` and
     ``tenant_id`` are given (``newly_stored`` says whether it was new), else only checked.
     ``should_stop`` is polled between chunks: True ends the transfer with code ``stopped``."""
-    check = MediaCheck(max_bytes=limits.max_bytes, max_image_bytes=limits.max_image_bytes)
+    check = MediaCheck(max_bytes=limits.max_bytes, max_image_bytes=limits.max_image_bytes,
+                       max_image_pixels=limits.max_image_pixels)
     staging = staging_key(tenant_id) if store is not None and tenant_id else None
     try:
         writer = store.open_writer(staging) if staging else None

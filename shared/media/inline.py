@@ -30,9 +30,9 @@ def decode_data_url(url: str, *, max_bytes: int) -> bytes:
 
 
 def store_media_bytes(data: bytes, *, store: ObjectStore, tenant_id: str, max_bytes: int,
-                      max_image_bytes: int) -> StoredMedia:
+                      max_image_bytes: int, max_image_pixels: int) -> StoredMedia:
     """Check ``data`` as media and store it at its content address (``newly_stored`` says if new)."""
-    check = MediaCheck(max_bytes=max_bytes, max_image_bytes=max_image_bytes)
+    check = MediaCheck(max_bytes=max_bytes, max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels)
     staging = staging_key(tenant_id)
     writer = store.open_writer(staging)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,6 +164,60 @@ def check_url(url: str | httpx.URL, *, allow_private: bool, resolve: Resolver = 
     return ResolvedTarget(url=parsed, host=host, port=port, addresses=addresses)
 
 
+class _Deadline:
+    """One point in time (monotonic) by which a whole exchange must be over.
+
+    httpx's timeouts bound each connect, read and write, so a peer that sends a byte every few
+    seconds never trips them; every network operation here gets at most the time left instead.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self._at = seconds, time.monotonic() + seconds
+
+    @contextmanager
+    def bounding(self, timeout: float | None, timeout_error: type[Exception]) -> Iterator[float]:
+        """Yields the timeout for one operation; a timeout the deadline caused says so."""
+        left = self._at - time.monotonic()
+        message = f"the exchange's {self.seconds:g} s deadline passed"
+        if left <= 0:
+            raise timeout_error(message)
+        try:
+            yield left if timeout is None else min(timeout, left)
+        except timeout_error:
+            if self._at - time.monotonic() <= 0.05:
+                raise timeout_error(message) from None
+            raise
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose reads, writes and TLS handshake all end by the deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream, self._deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        with self._deadline.bounding(timeout, httpcore.ReadTimeout) as left:
+            return self._stream.read(max_bytes, left)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # In slices: one write is one socket timeout, and a peer that reads slowly could stretch a
+        # large buffer's sends past the deadline otherwise.
+        for start in range(0, len(buffer), READ_CHUNK_BYTES):
+            with self._deadline.bounding(timeout, httpcore.WriteTimeout) as left:
+                self._stream.write(buffer[start:start + READ_CHUNK_BYTES], left)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        with self._deadline.bounding(timeout, httpcore.ConnectTimeout) as left:
+            return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, left), self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
 class _PinnedBackend(httpcore.NetworkBackend):
     """Connects to the target's checked addresses instead of resolving the host again.
 
@@ -170,9 +225,10 @@ class _PinnedBackend(httpcore.NetworkBackend):
     Host header, so only the TCP destination changes.
     """
 
-    def __init__(self, target: ResolvedTarget) -> None:
+    def __init__(self, target: ResolvedTarget, deadline: _Deadline | None = None) -> None:
         self._target = target
         self._sockets = httpcore.SyncBackend()
+        self._deadline = deadline
 
     def connect_tcp(
         self,
@@ -187,7 +243,11 @@ class _PinnedBackend(httpcore.NetworkBackend):
         failure: Exception | None = None
         for address in self._target.addresses:  # all checked; try them in resolver order
             try:
-                return self._sockets.connect_tcp(address, port, timeout, local_address, socket_options)
+                if self._deadline is None:
+                    return self._sockets.connect_tcp(address, port, timeout, local_address, socket_options)
+                with self._deadline.bounding(timeout, httpcore.ConnectTimeout) as left:
+                    connected = self._sockets.connect_tcp(address, port, left, local_address, socket_options)
+                return _DeadlineStream(connected, self._deadline)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failure = exc
         assert failure is not None
@@ -202,15 +262,17 @@ class _PinnedBackend(httpcore.NetworkBackend):
         self._sockets.sleep(seconds)
 
 
-def pinned_client(target: ResolvedTarget, *, timeout: float = DEFAULT_TIMEOUT_S) -> httpx.Client:
-    """An httpx client whose connections go only to ``target``'s checked addresses; it never redirects."""
+def pinned_client(target: ResolvedTarget, *, timeout: float = DEFAULT_TIMEOUT_S,
+                  deadline: _Deadline | None = None) -> httpx.Client:
+    """An httpx client whose connections go only to ``target``'s checked addresses; it never redirects.
+    With ``deadline``, everything its connections do ends by then."""
     transport = httpx.HTTPTransport()
     # httpx offers no public way to give its transport a network backend; swap the pool it built,
     # and fail loudly rather than send unpinned if a future httpx stops keeping it in ``_pool``.
     if not isinstance(getattr(transport, "_pool", None), httpcore.ConnectionPool):
         raise TypeError("this httpx version keeps no httpcore.ConnectionPool in HTTPTransport._pool")
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=_PinnedBackend(target)
+        ssl_context=httpx.create_ssl_context(), network_backend=_PinnedBackend(target, deadline)
     )
     # trust_env=False: no proxy from the environment (it would be the one connected to) and no .netrc.
     return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
@@ -251,19 +313,24 @@ def stream(
     headers: Mapping[str, str] | None = None,
     content: bytes | None = None,
     check: UrlCheck | None = None,
+    deadline_s: float | None = None,
 ) -> Iterator[httpx.Response]:
     """Send a checked, pinned request and yield the response unread; read it with iter_body().
 
     follow_redirects=False (webhooks) yields a 3xx as it is. True (media) follows up to MAX_REDIRECTS
     hops, checking each one before connecting. ``check`` replaces check_url(…, allow_private=…).
-    ``timeout`` applies to each connect, read and write, not to the whole exchange.
+    ``timeout`` applies to each connect, read and write, not to the whole exchange; ``deadline_s``
+    bounds the whole exchange from this call on (every hop's connect, TLS, request, status line,
+    headers and body reads; not the name lookups): past it, the operation under way raises
+    httpx's timeout exception for it, saying that the deadline passed.
     """
     check = check or partial(check_url, allow_private=allow_private)
+    deadline = _Deadline(deadline_s) if deadline_s is not None else None
     target = check(url)
     first_host = target.host
     request_headers = httpx.Headers(headers)
     for redirects in range(MAX_REDIRECTS + 1):
-        with pinned_client(target, timeout=timeout) as client:
+        with pinned_client(target, timeout=timeout, deadline=deadline) as client:
             request = client.build_request(method, target.url, headers=request_headers, content=content)
             response = client.send(request, stream=True)
             try:

@@ -14,6 +14,17 @@ class ObjectNotFound(StorageError):
     pass
 
 
+class InvalidObjectKey(ObjectNotFound):
+    """A key not in the one canonical form (``shared.storage.keys``): no object can live under it.
+
+    A kind of ObjectNotFound so that code which only reads treats it as permanent (a job fails, it
+    is not retried); the API maps it to a 400 of its own."""
+
+
+class ObjectExists(StorageError):
+    """A write-once object (an upload) was written already; nothing was replaced."""
+
+
 class ObjectWriter(Protocol):
     """A streaming write: bytes go out as they come, nothing is visible until ``complete``."""
 
@@ -25,7 +36,9 @@ class ObjectWriter(Protocol):
 
 
 class ObjectStore(Protocol):
-    def open_writer(self, key: str) -> ObjectWriter: ...
+    def open_writer(self, key: str, *, exclusive: bool = False) -> ObjectWriter:
+        """``exclusive``: ``complete`` raises ObjectExists instead of replacing an existing object."""
+        ...
 
     def size(self, key: str) -> int:
         """Size in bytes; raises ObjectNotFound."""
@@ -44,7 +57,8 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def presign_put(self, key: str, *, content_type: str, expires_s: int) -> tuple[str, dict[str, str]] | None:
-        """A URL the client can PUT to directly, or None if this backend cannot presign."""
+        """A URL the client can PUT to directly, once (a second PUT is refused), with the headers it
+        must send; or None if this backend cannot presign."""
         ...
 
     def ping(self) -> None:

@@ -8,7 +8,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.storage.base import ObjectNotFound, StorageError
+from shared.storage.base import ObjectExists, ObjectNotFound, StorageError
+from shared.storage.keys import check_object_key
 
 # S3's minimum part size is 5 MiB; 8 MiB keeps the API's memory per upload small and bounded.
 PART_SIZE = 8 * 1024 * 1024
@@ -21,8 +22,10 @@ def _is_missing(error: ClientError) -> bool:
 class S3MultipartWriter:
     """Buffers at most one part; small objects become a single PUT."""
 
-    def __init__(self, client, bucket: str, key: str) -> None:
+    def __init__(self, client, bucket: str, key: str, *, exclusive: bool = False) -> None:
         self._client, self._bucket, self._key = client, bucket, key
+        # S3's conditional write: the object is created only where none is (412 otherwise).
+        self._condition = {"IfNoneMatch": "*"} if exclusive else {}
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict] = []
@@ -45,17 +48,23 @@ class S3MultipartWriter:
         self._parts.append({"ETag": response["ETag"], "PartNumber": number})
 
     def complete(self) -> None:
-        if self._upload_id is None:
-            self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer))
-        else:
-            if self._buffer:
-                self._upload_part(bytes(self._buffer))
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
-            )
+        try:
+            if self._upload_id is None:
+                self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer), **self._condition)
+            else:
+                if self._buffer:
+                    self._upload_part(bytes(self._buffer))
+                self._client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                    **self._condition,
+                )
+        except ClientError as error:
+            if self._condition and error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise ObjectExists(self._key) from None
+            raise
         self._buffer = bytearray()
 
     def abort(self) -> None:
@@ -84,15 +93,19 @@ class S3ObjectStore:
             "s3",
             endpoint_url=endpoint_url,
             region_name=region or "us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+            # SigV4 everywhere: a presigned URL signs its headers, so If-None-Match cannot be dropped.
+            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                          retries={"max_attempts": 3, "mode": "standard"}),
         )
 
-    def open_writer(self, key: str) -> S3MultipartWriter:
-        return S3MultipartWriter(self._client, self.bucket, key)
+    # Every method checks its keys first: S3 would store "a/../b" as a literal name, but the same
+    # key means another object on a local directory, so neither store accepts it.
+    def open_writer(self, key: str, *, exclusive: bool = False) -> S3MultipartWriter:
+        return S3MultipartWriter(self._client, self.bucket, check_object_key(key), exclusive=exclusive)
 
     def size(self, key: str) -> int:
         try:
-            return int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+            return int(self._client.head_object(Bucket=self.bucket, Key=check_object_key(key))["ContentLength"])
         except ClientError as error:
             if _is_missing(error):
                 raise ObjectNotFound(key) from error
@@ -100,7 +113,7 @@ class S3ObjectStore:
 
     def _get(self, key: str, **extra):
         try:
-            return self._client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+            return self._client.get_object(Bucket=self.bucket, Key=check_object_key(key), **extra)["Body"]
         except ClientError as error:
             if _is_missing(error):
                 raise ObjectNotFound(key) from error
@@ -109,6 +122,7 @@ class S3ObjectStore:
             raise StorageError(str(error)) from error
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
+        check_object_key(key)
         if length <= 0:
             return b""
         return self._get(key, Range=f"bytes={start}-{start + length - 1}").read()
@@ -127,6 +141,8 @@ class S3ObjectStore:
             raise StorageError(str(error)) from error
 
     def move(self, source: str, destination: str) -> None:
+        check_object_key(source)
+        check_object_key(destination)
         try:
             # Managed copy: server-side, multipart above 5 GB.
             self._client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, destination)
@@ -139,17 +155,20 @@ class S3ObjectStore:
     def delete(self, key: str) -> None:
         """Deleting a missing object is a no-op (S3 semantics); failures are StorageError."""
         try:
-            self._client.delete_object(Bucket=self.bucket, Key=key)
+            self._client.delete_object(Bucket=self.bucket, Key=check_object_key(key))
         except (ClientError, BotoCoreError) as error:
             raise StorageError(str(error)) from error
 
     def presign_put(self, key: str, *, content_type: str, expires_s: int) -> tuple[str, dict[str, str]]:
         url = self._presigner.generate_presigned_url(
             "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
+            # Written once: If-None-Match is one of the URL's signed headers, so S3 refuses a PUT
+            # without it (403) and a second PUT with it (412), and a job's bytes cannot be replaced.
+            Params={"Bucket": self.bucket, "Key": check_object_key(key), "ContentType": content_type,
+                    "IfNoneMatch": "*"},
             ExpiresIn=expires_s,
         )
-        return url, {"Content-Type": content_type}
+        return url, {"Content-Type": content_type, "If-None-Match": "*"}
 
     def ping(self) -> None:
         try:

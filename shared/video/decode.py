@@ -97,17 +97,26 @@ def read_frames(
         if second is None:
             if isinstance(error, VideoRejected):
                 raise
-            raise VideoRejected("invalid_media", f"the video could not be decoded: {type(error).__name__}: {error}") from error
+            raise VideoRejected("invalid_media", f"the video could not be decoded: {_reason(error, path)}") from error
         log.info("%s could not read frames of %s (%s); reading them with %s", first, path.name, error, second)
         try:
             parts = _read_groups(path, info, groups, transform, workers, second)
         except VideoRejected:
             raise
         except Exception as again:  # a frame no decoder can produce: a truncated or corrupt file
-            raise VideoRejected("invalid_media", f"the video could not be decoded: {type(again).__name__}: {again}") from again
+            raise VideoRejected("invalid_media", f"the video could not be decoded: {_reason(again, path)}") from again
     by_index = {index: frame for group, frames in zip(groups, parts, strict=True)
                 for index, frame in zip(group, frames, strict=True)}
     return [by_index[index] for index in indices]
+
+
+def _reason(error: BaseException, path: Path) -> str:
+    """A decoder's error for the user: what went wrong, never where the server keeps the file.
+    FFmpeg's errors (PyAV) carry the file name apart from their reason; others get it cut out."""
+    reason = getattr(error, "strerror", None)
+    if not isinstance(reason, str) or not reason:
+        reason = str(error).replace(str(path), "the file").replace(str(path.parent), "")
+    return f"{type(error).__name__}: {reason}"
 
 
 def _read_groups(path: Path, info: VideoInfo, groups: list[list[int]], transform: Transform, workers: int,
@@ -133,7 +142,7 @@ def _video_stream_size(path: Path) -> tuple[int, int]:
     except VideoRejected:
         raise
     except Exception as error:  # av.error.InvalidDataError and friends
-        raise VideoRejected("invalid_media", f"the video could not be opened: {error}") from error
+        raise VideoRejected("invalid_media", f"the video could not be opened: {_reason(error, path)}") from error
 
 
 def _probe_decord(path: Path, width: int, height: int) -> VideoInfo:
@@ -158,7 +167,7 @@ def _probe_pyav(path: Path) -> VideoInfo:
                        if packet.pts is not None and packet.size]
             width, height = stream.codec_context.width, stream.codec_context.height
     except Exception as error:
-        raise VideoRejected("invalid_media", f"the video could not be read: {error}") from error
+        raise VideoRejected("invalid_media", f"the video could not be read: {_reason(error, path)}") from error
     order = sorted(range(len(packets)), key=lambda i: packets[i][0])
     keys = [rank for rank, i in enumerate(order) if packets[i][1]]
     return VideoInfo(n_frames=len(packets), fps=float(rate or 0), width=width, height=height, decoder="pyav",

@@ -150,7 +150,8 @@ class Stack:
         )
         if with_worker:
             stack.add_worker("worker", metrics=True)
-            stack.processes.append(stack._celery("notifier", "services.notifier.app", pool="threads", concurrency=2))
+            # Three senders, so that a tenant at its webhook limit (2 in the suite) leaves one to the others.
+            stack.processes.append(stack._celery("notifier", "services.notifier.app", pool="threads", concurrency=3))
             stack.processes.append(stack._celery("frames", "workers.frames.celery_app", pool="prefork", concurrency=1))
         try:
             wait_until(stack._ready, timeout_s=60, what="the API's /readyz")

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from sqlalchemy import Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from services.api.context_budget import checkpoint_for, prompt_budget
 from services.api.errors import ApiError
 from services.api.openai.chat_request import (
     ChatCompletionRequest,
@@ -191,6 +192,10 @@ def _job_for(body: Any, *, tenant_id: str, settings: FramesSettings,
     try:
         media = images_media(wanted.image_urls, store=store, tenant_id=tenant_id, settings=settings)
         check_media_fits_task(wanted.spec, media)
+        # As POST /v1/chat/completions refuses it: a line that cannot fit the context never runs.
+        budget = prompt_budget(wanted.spec, checkpoint_for(settings, model_id), n_media=len(media))
+        if budget is not None:
+            budget.check(media)
     except ImageRefused as refusal:
         raise _LineRefused(refusal.code, refusal.message) from None
     except ApiError as error:

@@ -196,7 +196,8 @@ class BatchRun:
                     attempt.video = load_video_frames(job, items, store=self.store, settings=self.settings)
                     attempt.request = _request_for(job, [], frames=attempt.video.tiles)
                 else:
-                    attempt.request = _request_for(job, load_images(self.store, items))
+                    attempt.request = _request_for(
+                        job, load_images(self.store, items, max_pixels=self.settings.max_image_pixels))
                 if job.stream and self.deltas is not None:
                     attempt.deltas = DeltaWriter(self.deltas, job.id, attempt.attempt)
                     attempt.request.text_sink = attempt.deltas.offer

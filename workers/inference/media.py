@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sqlalchemy.orm import Session
 
 from shared.config.settings import WorkerSettings
 from shared.db.media_rows import record_media
 from shared.db.models import Job
 from shared.jobs import JobTask, record_fetched_input
-from shared.media import StoredMedia
+from shared.media import DEFAULT_MAX_IMAGE_PIXELS, MediaRejected, StoredMedia, open_image
 from shared.media.fetch import FetchFailed, FetchLimits, fetch_media
 from shared.storage import ObjectNotFound, ObjectStore, StorageError
 from workers.frames.extract import ExtractionFailed, decode_bundle, extract_frames
@@ -68,7 +68,10 @@ def _check_kind(task: str, media: StoredMedia) -> None:
         raise JobFailure("invalid_input", f"task {task} takes {wanted}; {media.url} is {media.content_type}")
 
 
-def load_images(store: ObjectStore, items: list[dict]) -> list[Image.Image]:
+def load_images(store: ObjectStore, items: list[dict], *,
+                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[Image.Image]:
+    """The job's images, decoded. Each is held to the pixel budget from its header first: media the
+    API took under another budget (or an older one) fail the job, never the worker's memory."""
     images = []
     for item in items:
         try:
@@ -78,9 +81,11 @@ def load_images(store: ObjectStore, items: list[dict]) -> list[Image.Image]:
         except StorageError as error:
             raise TransientFailure("media_unavailable", f"media {item['object_key']} could not be read: {error}") from error
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with open_image(io.BytesIO(data), max_pixels=max_pixels) as image:
                 images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        except MediaRejected as rejection:
+            raise JobFailure(rejection.code, rejection.message) from None
+        except (OSError, SyntaxError, ValueError) as error:
             raise JobFailure("invalid_media", f"the image could not be decoded: {error}") from error
     return images
 

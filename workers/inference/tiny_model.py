@@ -21,7 +21,6 @@ from workers.inference.fixtures.original import (
 )
 from workers.inference.fixtures.tokenizers import build_tokenizer
 
-
 # (vision, language) dimensions by size. "tiny" is the tests' model; "small" (29M parameters: a
 # 4-layer 256-wide vision encoder, an 8-layer 512-wide decoder)
 # is for CPU benchmarks; the others are the real InternVL 2.5 shapes (InternViT-300M with
@@ -45,8 +44,10 @@ SIZES = {
 }
 
 
-def build_tiny_model(directory: Path, *, template: str = "internvl2_5", seed: int = 0, size: str = "tiny") -> Path:
-    """A native checkpoint of random weights, of the dimensions ``SIZES[size]`` names."""
+def build_tiny_model(directory: Path, *, template: str = "internvl2_5", seed: int = 0, size: str = "tiny",
+                     max_position_embeddings: int = 32768) -> Path:
+    """A native checkpoint of random weights, of the dimensions ``SIZES[size]`` names (a smaller
+    ``max_position_embeddings`` makes a context boundary cheap to reach in tests)."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -63,7 +64,7 @@ def build_tiny_model(directory: Path, *, template: str = "internvl2_5", seed: in
         text_config={
             "model_type": "qwen2",
             "vocab_size": len(tokenizer),
-            "max_position_embeddings": 32768,
+            "max_position_embeddings": max_position_embeddings,
             "tie_word_embeddings": False,
             "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
             "pad_token_id": tokenizer.pad_token_id,

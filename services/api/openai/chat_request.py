@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.api.body import validation_failure
 from services.api.errors import ValidationFailed
+from services.api.request_body import validation_failure
 from services.api.schemas import HistoryTurn, JobOptions, JobSpec, RequestBody
 from shared.jobs import JobTask
 

@@ -10,8 +10,8 @@ from services.api.errors import openai_error_body
 
 # A failed job's reason code → the HTTP status its chat completion answers with. The request's own
 # fault is 400; a job that could not finish is 5xx. vlmq has already retried what a retry could fix.
-_CLIENT_FAULTS = {"invalid_input", "invalid_media", "unsupported_media", "media_too_large", "url_refused",
-                  "media_fetch_failed", "media_unavailable"}
+_CLIENT_FAULTS = {"invalid_input", "invalid_media", "image_too_large", "unsupported_media", "media_too_large",
+                  "url_refused", "media_fetch_failed", "media_unavailable"}
 _STATUS_OF = {"canceled": 409, "timeout": 504, "queue_unavailable": 503}
 
 

@@ -28,7 +28,8 @@ def image_media(url: str, *, store: ObjectStore, tenant_id: str,
         try:
             data = decode_data_url(url, max_bytes=settings.max_image_bytes)
             return store_media_bytes(data, store=store, tenant_id=tenant_id, max_bytes=settings.max_upload_bytes,
-                                     max_image_bytes=settings.max_image_bytes)
+                                     max_image_bytes=settings.max_image_bytes,
+                                     max_image_pixels=settings.max_image_pixels)
         except MediaRejected as rejection:
             raise ImageRefused(rejection.code, rejection.message) from None
     if scheme not in ("http", "https"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -107,7 +108,10 @@ async def create_job(
     return job
 
 
-@router.post("/plan", response_model=PlanPublic, openapi_extra=_BODY_DOC)
+@router.post("/plan", response_model=PlanPublic, openapi_extra=_BODY_DOC, responses={
+    400: {"model": ErrorPublic, "description": "`context_length_exceeded`: the prompt's text and image tokens and "
+          "`max_new_tokens` do not fit the model's context (as `POST /v1/jobs` would answer)."},
+})
 async def plan(
     request: Request, tenant: TenantDep, settings: SettingsDep, store: StorageDep, catalog: CatalogDep
 ) -> PlanPublic:
@@ -119,7 +123,9 @@ async def plan(
         frames = None
         if spec.task.is_video:
             frames = await sample_plan_frames(store, media[0].object_key, spec.options.model_dump(), settings=settings)
-        return plan_job(spec, media, model_id=model_id, checkpoint=catalog.checkpoint(model_id), frames=frames)
+        return await run_in_threadpool(
+            partial(plan_job, spec, media, model_id=model_id, checkpoint=catalog.checkpoint(model_id), frames=frames)
+        )
     finally:
         await run_in_threadpool(discard_new_media, store, media)
 

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from services.api.body import read_capped_body, validation_failure
 from services.api.deps import LimiterDep, SessionDep, SettingsDep, TenantDep
 from services.api.openai.batches import (
     BatchCreate,
@@ -20,6 +19,8 @@ from services.api.openai.batches import (
     list_batches,
 )
 from services.api.openai.pages import page
+from services.api.request_body import read_capped_body, validation_failure
+from services.api.submission import refuse_unreachable_webhook
 from shared.batches.documents import batch_document
 from shared.batches.progress import BatchNotCancellable, request_cancel
 from shared.db.engine import session_scope
@@ -46,6 +47,7 @@ async def create(request: Request, tenant: TenantDep, settings: SettingsDep, lim
         wanted = BatchCreate.model_validate_json(body or b"{}")
     except ValidationError as error:
         raise validation_failure(error) from None
+    refuse_unreachable_webhook(wanted.webhook, allow_private=settings.allow_private_networks)
     await limiter.admit_job(tenant_id=tenant, idempotency_key=None)
 
     def insert() -> dict:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.api.body import read_capped_body, validation_failure
+from services.api.context_budget import prompt_budget
 from services.api.deps import (
     CatalogDep,
     IdempotencyKeyDep,
@@ -46,6 +46,7 @@ from services.api.openai.completions import (
     usage,
 )
 from services.api.openai.images import ImageRefused, images_media
+from services.api.request_body import parse_body, read_capped_body, validation_failure
 from services.api.schemas import InputRef, JobPublic
 from services.api.submitter import Submission
 from shared.jobs import JobStatus
@@ -87,7 +88,7 @@ async def create_chat_completion(
     await limiter.admit_job(tenant_id=tenant, idempotency_key=idempotency_key)
     body = await read_capped_body(request, settings.openai_max_request_bytes,
                                   "chat completion bodies are limited to {limit} bytes")
-    chat = read_chat_request(body)
+    chat = await parse_body(read_chat_request, body)
     try:
         wanted = chat_job(chat)
     except ValidationError as error:
@@ -98,6 +99,12 @@ async def create_chat_completion(
                                         settings=settings)
     except ImageRefused as refusal:
         raise media_failure_error(refusal.code, refusal.message, transient=False) from None
+    try:
+        budget = await run_in_threadpool(prompt_budget, wanted.spec, catalog.checkpoints.get(model_id),
+                                         n_media=len(media))
+    except Exception:
+        await run_in_threadpool(discard_new_media, store, media)
+        raise
     keyed = None
     if idempotency_key is not None:  # the same request: the same spec and the same images
         urls = [InputRef(url=item.url) for item in media if isinstance(item, PendingUrl)]
@@ -105,7 +112,7 @@ async def create_chat_completion(
         keyed = KeyedRequest(idempotency_key, request_sha256(wanted.spec, refs=urls, media=stored))
     try:
         outcome = await asyncio.wrap_future(submitter.submit(Submission(tenant, wanted.spec, model_id, media=media,
-                                                                        keyed=keyed)))
+                                                                        keyed=keyed, budget=budget)))
     except ApiError:
         await run_in_threadpool(discard_new_media, store, media)
         raise

@@ -6,23 +6,26 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
-from services.api.errors import NotFound, PayloadTooLarge, Unauthorized
+from services.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, json_body
+from services.api.errors import Conflict, NotFound, PayloadTooLarge, Unauthorized
 from services.api.schemas import UploadCreate, UploadPublic
 from shared.db.models import Upload, utcnow
 from shared.ids import new_id
-from shared.storage import upload_key
+from shared.storage import ObjectExists, ObjectNotFound, upload_key
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 
-@router.post("", status_code=201, response_model=UploadPublic)
+@router.post("", status_code=201, response_model=UploadPublic, openapi_extra={"requestBody": {
+    "required": True, "content": {"application/json": {"schema": UploadCreate.model_json_schema()}}}})
 def create_upload(
-    body: UploadCreate, request: Request, tenant: TenantDep, session: SessionDep, settings: SettingsDep, store: StorageDep
+    body: Annotated[UploadCreate, json_body(UploadCreate)], request: Request, tenant: TenantDep,
+    session: SessionDep, settings: SettingsDep, store: StorageDep,
 ) -> UploadPublic:
     if body.size_bytes > settings.max_upload_bytes:
         raise PayloadTooLarge(f"uploads are limited to {settings.max_upload_bytes} bytes")
@@ -56,15 +59,19 @@ def create_upload(
 async def put_upload_content(
     upload_id: str, token: str, request: Request, settings: SettingsDep, store: StorageDep, session: SessionDep
 ) -> Response:
-    """The local-storage stand-in for a presigned PUT URL: the token in the URL is the credential."""
+    """The local-storage stand-in for a presigned PUT URL: the token in the URL is the credential,
+    good for one complete PUT, as a presigned S3 URL is (``ObjectStore.presign_put``)."""
     upload = await run_in_threadpool(session.get, Upload, upload_id)
     presented = hashlib.sha256(token.encode()).hexdigest()
     if upload is None or upload.put_token_sha256 is None:
         raise NotFound(f"no upload {upload_id}", code="upload_not_found")
     if not hmac.compare_digest(presented, upload.put_token_sha256) or upload.expires_at < utcnow():
         raise Unauthorized("the upload URL is invalid or has expired")
+    if await run_in_threadpool(_exists, store, upload.object_key):  # refused before the body is read
+        raise _already_written(upload_id)
     limit = min(upload.size_bytes, settings.max_upload_bytes)
-    writer = store.open_writer(upload.object_key)
+    # Exclusive: of two PUTs racing past the check above, the second to finish is refused.
+    writer = store.open_writer(upload.object_key, exclusive=True)
     received = 0
     try:
         async for chunk in request.stream():
@@ -73,7 +80,23 @@ async def put_upload_content(
                 raise PayloadTooLarge(f"this upload was declared as {upload.size_bytes} bytes")
             await run_in_threadpool(writer.write, chunk)
         await run_in_threadpool(writer.complete)
+    except ObjectExists:
+        raise _already_written(upload_id) from None
     except BaseException:
         await run_in_threadpool(writer.abort)
         raise
     return Response(status_code=200)
+
+
+def _exists(store, key: str) -> bool:
+    try:
+        store.size(key)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def _already_written(upload_id: str) -> Conflict:
+    # A job may have recorded these bytes' hash and size: they are never replaced.
+    return Conflict(f"upload {upload_id} was written already; an upload is written once, ask for a new one",
+                    code="upload_already_written")

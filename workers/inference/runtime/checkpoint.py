@@ -35,6 +35,8 @@ class CheckpointInfo:
     system_message: str | None
     num_layers: int
     sizes: WeightSizes
+    # The LLM's positions (max_position_embeddings): prompt, image tokens and new tokens together.
+    context_length: int | None = None
 
     @property
     def params(self) -> int:
@@ -119,4 +121,5 @@ def read_checkpoint(path: Path) -> CheckpointInfo:
         system_message=config.get("system_message"),
         num_layers=int(text_config.get("num_hidden_layers", 0)),
         sizes=read_weight_sizes(path),
+        context_length=int(positions) if (positions := text_config.get("max_position_embeddings")) else None,
     )

@@ -6,8 +6,8 @@ import dataclasses
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache, StoppingCriteriaList
 
+from workers.inference.failures import JobFailure
 from workers.inference.runtime.batching import RowLimits, sampling_arguments
 from workers.inference.runtime.checkpoint import CheckpointInfo, read_checkpoint
 from workers.inference.runtime.grounding import parse_boxes
@@ -92,6 +93,7 @@ class InternVLRuntime:
             system_message=self.checkpoint.system_message if request.system_message is None else request.system_message,
         )
         text = expand_image_placeholders(prompt, [sum(tiles)] if combined else tiles)
+        self._check_context(request, text)
         pixel_values = np.concatenate(pixel_arrays) if pixel_arrays else None
         return _Prepared(request, text, pixel_values, sum(tiles), (time.perf_counter() - started) * 1000)
 
@@ -105,7 +107,22 @@ class InternVLRuntime:
             system_message=self.checkpoint.system_message,
         )
         text = expand_image_placeholders(prompt, [1] * len(request.frames))
+        self._check_context(request, text)
         return _Prepared(request, text, pixel_values, len(request.frames), (time.perf_counter() - started) * 1000)
+
+    def _check_context(self, request: GenerationRequest, text: str) -> None:
+        """The API refuses prompts that cannot fit; one that got here anyway (media by URL, whose
+        tiles were unknown until fetched) fails before it holds the GPU."""
+        limit = self.checkpoint.context_length
+        if not limit:
+            return
+        tokens = len(self.tokenizer(text).input_ids)
+        if tokens + request.max_new_tokens > limit:
+            raise JobFailure(
+                "context_length_exceeded",
+                f"the prompt is {tokens} tokens and max_new_tokens is {request.max_new_tokens}: more than the "
+                f"model's context of {limit}; lower max_tiles or max_new_tokens, or shorten the prompt",
+            )
 
     def run(self, requests: list[GenerationRequest], should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
         """Every request's result, in order; the first request that fails raises. ``should_stop`` is
