@@ -58,6 +58,16 @@ def s3_client(s3_endpoint):
     return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
 
 
+@pytest.fixture(params=["s3", "local"])
+def store(request, tmp_path):
+    """An object store on each backend: moto's S3 server, then a local directory."""
+    from shared.storage import open_store
+
+    if request.param == "s3":
+        return open_store(f"s3://{BUCKET}?endpoint_url={request.getfixturevalue('s3_endpoint')}")
+    return open_store((tmp_path / "storage").as_uri())
+
+
 @pytest.fixture(scope="session")
 def database_url():
     name, url = create_database()

@@ -12,7 +12,6 @@ from shared.storage import (
     is_tenant_key,
     open_store,
 )
-from tests.conftest import BUCKET
 
 SHA = "ab" * 32
 
@@ -77,14 +76,6 @@ def test_ownership_of_a_non_canonical_key_is_refused_not_guessed():
     # when a traversal form that starts with bob's prefix is asked about / then it is refused outright
     with pytest.raises(InvalidObjectKey):
         is_tenant_key("bob", f"tenants/bob/../alice/media/{SHA}")
-
-
-@pytest.fixture(params=["s3", "local"])
-def store(request, tmp_path):
-    if request.param == "s3":
-        endpoint = request.getfixturevalue("s3_endpoint")
-        return open_store(f"s3://{BUCKET}?endpoint_url={endpoint}")
-    return open_store((tmp_path / "storage").as_uri())
 
 
 @pytest.mark.parametrize("key", [

@@ -12,14 +12,6 @@ from shared.storage.s3 import PART_SIZE
 from tests.conftest import BUCKET
 
 
-@pytest.fixture(params=["s3", "local"])
-def store(request, tmp_path):
-    if request.param == "s3":
-        endpoint = request.getfixturevalue("s3_endpoint")
-        return open_store(f"s3://{BUCKET}?endpoint_url={endpoint}")
-    return open_store((tmp_path / "storage").as_uri())
-
-
 def test_a_streamed_write_is_invisible_until_complete_then_readable(store):
     # given a write of more than one S3 part
     payload = os.urandom(PART_SIZE + 1234)
