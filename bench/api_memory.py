@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import API_KEY, api_stack
+from bench.harness import API_KEY, PeakSampler, api_stack
 from tests.support.media import blank_png, png_bytes, submit
 from workers.inference.tiny_model import build_tiny_model
 
@@ -42,23 +41,6 @@ def tree_rss(root: psutil.Process) -> int:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-class PeakRss(threading.Thread):
-    """Samples the tree's RSS every 10 ms until stopped; ``peak`` is the highest seen."""
-
-    def __init__(self, root: psutil.Process) -> None:
-        super().__init__(daemon=True)
-        self.root, self.peak, self._stopped = root, tree_rss(root), threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(0.01):
-            self.peak = max(self.peak, tree_rss(self.root))
-
-    def stop(self) -> int:
-        self._stopped.set()
-        self.join()
-        return self.peak
 
 
 def idle_rss(root: psutil.Process, *, seconds: float = 1.0) -> int:
@@ -80,7 +62,7 @@ def outcome(send) -> str:
 
 def burst(root: psutil.Process, send, concurrency: int) -> dict:
     baseline = idle_rss(root)
-    sampler = PeakRss(root)
+    sampler = PeakSampler(lambda: tree_rss(root), interval_s=0.01)
     sampler.start()
     with ThreadPoolExecutor(concurrency) as pool:
         outcomes = list(pool.map(lambda _: outcome(send), range(concurrency)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,3 +56,22 @@ def api_stack(data_dir: Path, *, storage_url: str | None = None, postgres: bool 
         stack.stop()
         if database:
             drop_database(database[0])
+
+
+class PeakSampler(threading.Thread):
+    """Calls ``measure`` every ``interval_s`` until stopped; ``stop`` returns the highest value seen
+    (a process's RSS during a burst, measured against its idle value)."""
+
+    def __init__(self, measure: Callable[[], int], *, interval_s: float) -> None:
+        super().__init__(daemon=True)
+        self.measure, self.interval_s = measure, interval_s
+        self.peak, self._stopped = measure(), threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            self.peak = max(self.peak, self.measure())
+
+    def stop(self) -> int:
+        self._stopped.set()
+        self.join()
+        return self.peak

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import API_KEY, api_stack, s3_storage  # noqa: E402
+from bench.harness import API_KEY, PeakSampler, api_stack, s3_storage  # noqa: E402
 from shared.storage import open_store  # noqa: E402
 
 MiB = 1024 * 1024
@@ -46,21 +45,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-class PeakRss(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self._stop_event = pid, rss_bytes(pid), threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(0.02):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-
-    def stop(self) -> int:
-        self._stop_event.set()
-        self.join()
-        return self.peak
 
 
 def direct_rate(storage_url: str, size: int) -> float:
@@ -97,7 +81,7 @@ def main() -> None:
                 pid = stack.processes[0].process.pid
                 baseline_rate = direct_rate(storage_url, size)
                 rss_before = rss_bytes(pid)
-                sampler = PeakRss(pid)
+                sampler = PeakSampler(lambda: rss_bytes(pid), interval_s=0.02)
                 sampler.start()
                 boundary = "vlmqbenchboundary"
                 started = time.perf_counter()
