@@ -27,7 +27,7 @@ PROCESSES = {
     "api": [sys.executable, "-m", "services.api"],
     "worker": [
         sys.executable, "-m", "celery", "-A", "workers.inference.celery_app", "worker",
-        "--concurrency", "1", "--pool", "prefork",
+        "--pool", "threads",
         "-n", "vlmq-inference@%h", "--loglevel", "INFO",
     ],
     "frames": [

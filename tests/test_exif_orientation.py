@@ -57,7 +57,7 @@ def test_a_box_over_the_whole_rotated_image_is_the_stored_grid(tmp_path):
 
     # when the model's answer boxes the whole image (0..1000 on both axes)
     request = GenerationRequest(task="grounding", prompt="the red area", images=[image])
-    (box,) = InternVLRuntime._boxes(request, "<ref>the red area</ref><box>[[0, 0, 1000, 1000]]</box>")
+    (box,) = InternVLRuntime.boxes(request, "<ref>the red area</ref><box>[[0, 0, 1000, 1000]]</box>")
 
     # then the box is the stored 320×160 grid, not the 160×320 view
     assert image.size == (320, 160)

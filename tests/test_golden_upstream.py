@@ -60,7 +60,7 @@ def _prepared(runtime: InternVLRuntime, case_name: str, case: dict) -> _Prepared
     )
     request = GenerationRequest("video_qa", VIDEO_QUESTION, [], max_new_tokens=16)
     text = expand_image_placeholders(prompt, [len(tiles) for tiles in frames])
-    return _Prepared(request, text, np.concatenate(frames), len(frames), 0.0)
+    return _Prepared(request, text, np.concatenate(frames), len(frames), 0.0, runtime.tokenizer(text).input_ids)
 
 
 def _unexpanded(prepared: _Prepared) -> str:
@@ -111,7 +111,7 @@ def test_first_step_logits_and_greedy_tokens_match_upstream(runtimes, model_id, 
     assert (logits - expected).abs().max().item() <= LOGIT_TOLERANCE
 
     # and vlmq's own generation path (KV cache, stop token) produces upstream's greedy tokens
-    (result,) = runtime._generate([prepared], [None])
+    result = runtime.engine.submit(prepared).result()
     stop = case["stop_index"]
     assert result.token_ids == (case["greedy_tokens"] if stop is None else case["greedy_tokens"][: stop + 1])
 

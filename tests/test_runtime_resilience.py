@@ -1,5 +1,5 @@
 """The runtime under GPU memory pressure. Nothing here can run out of GPU memory, so the model's
-generate is made to raise torch's own OutOfMemoryError — the one stand-in in these tests."""
+vision tower is made to raise torch's own OutOfMemoryError — the one stand-in in these tests."""
 
 from __future__ import annotations
 
@@ -17,18 +17,17 @@ def runtime(tiny_model_dir):
 
 
 def _out_of_memory_while_tiles_exceed(runtime, limit: int, monkeypatch) -> list[int]:
-    """generate raises OutOfMemoryError while the batch has more than ``limit`` tiles; returns
-    the tile counts it was called with."""
-    real_generate, seen = runtime.model.generate, []
+    """The vision tower raises OutOfMemoryError while it is given more than ``limit`` tiles;
+    returns the tile counts it was called with."""
+    real, seen = runtime.model.model.get_image_features, []
 
-    def generate(*args, **kwargs):
-        tiles = len(kwargs["pixel_values"]) if "pixel_values" in kwargs else 0
-        seen.append(tiles)
-        if tiles > limit:
+    def get_image_features(*args, pixel_values, **kwargs):
+        seen.append(len(pixel_values))
+        if len(pixel_values) > limit:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_generate(*args, **kwargs)
+        return real(*args, pixel_values=pixel_values, **kwargs)
 
-    monkeypatch.setattr(runtime.model, "generate", generate)
+    monkeypatch.setattr(runtime.model.model, "get_image_features", get_image_features)
     return seen
 
 

@@ -218,17 +218,22 @@ class WorkerSettings(CommonSettings):
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts for transient failures (storage hiccups).")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles per attempt.")
-    # Cross-job batching: jobs that arrive together run through the model together.
-    batch_max_jobs: int = Field(default=8, ge=1, le=256, description="Most jobs in one model call.")
+    # Continuous batching: each served model's engine decodes up to batch_max_jobs rows per step.
+    batch_max_jobs: int = Field(
+        default=16, ge=1, le=256, description="Most jobs decoding together per model (1: one job at a time).")
     batch_max_tiles: int = Field(
-        default=96, ge=1, description="Most image tiles (448×448 each, thumbnails and video frames included) in one "
-        "model call; a job over it alone still runs, alone.",
+        default=96, ge=1, description="Most image tiles (448×448 each, thumbnails and video frames included) "
+        "through the vision tower per engine step; a job over it alone still runs, alone.",
     )
-    batch_wait_ms: float = Field(
-        default=20.0, gt=0, description="How long the first job of a batch waits for others when the queue is not "
-        "backlogged (a backlog fills a batch at once).",
+    engine_kv_tokens: int = Field(
+        default=65_536, ge=256, description="KV-cache tokens one model's running jobs may reserve (each its prompt "
+        "and its whole max_new_tokens); also bounds the claimed jobs waiting for the engine.",
     )
-    preprocess_threads: int = Field(default=4, ge=1, description="Jobs of a batch whose media load at once.")
+    engine_prefill_tokens: int = Field(
+        default=8192, ge=64, description="Prompt tokens prefilled per engine step (a longer prompt alone still "
+        "runs), so a long prompt holds the running jobs back for one prefill at most.",
+    )
+    preprocess_threads: int = Field(default=4, ge=1, description="Requests of an index batch tiled at once.")
     shutdown_drain_s: float = Field(
         default=60.0, ge=0,
         description="On SIGTERM the worker takes no new job and gives running ones this long to finish; "

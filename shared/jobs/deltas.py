@@ -9,6 +9,7 @@ carries its attempt: a job handed back or retried starts its text over in a new 
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import redis
@@ -18,6 +19,7 @@ log = logging.getLogger("vlmq.worker")
 # Long enough for any client to read a job's deltas; the final text is in the job's result anyway.
 DELTAS_TTL_S = 3600
 MAX_ENTRIES = 20_000
+_UNSETTLED_TAIL = re.compile(r"[\s\ufffd]+$")
 
 
 def deltas_key(job_id: str) -> str:
@@ -34,10 +36,11 @@ class DeltaWriter:
 
     def offer(self, text: str, *, final: bool = False) -> None:
         if not final:
-            # Held back: trailing spaces (the final text is stripped) and a half-decoded character.
-            text = text.rstrip()
-            if text.endswith("\ufffd") or time.monotonic() - self._last < self.interval_s:
+            if time.monotonic() - self._last < self.interval_s:
                 return
+            # Held back: trailing spaces (the final text is stripped) and what may be a character
+            # still half-decoded (it may also stay a replacement character: the final text says).
+            text = _UNSETTLED_TAIL.sub("", text)
         if len(text) <= len(self.sent) or not text.startswith(self.sent):
             return
         try:

@@ -160,12 +160,12 @@ class Stack:
             raise RuntimeError(f"API did not start:\n{stack.processes[0].log_tail()}") from None
         return stack
 
-    def _celery(self, name: str, app: str, *, pool: str, concurrency: int, metrics: bool = True,
+    def _celery(self, name: str, app: str, *, pool: str, concurrency: int | None, metrics: bool = True,
                 **env_overrides: str) -> ManagedProcess:
         """A Celery worker; with ``metrics``, its /metrics and /healthz on a port of its own."""
         command = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "--concurrency", str(concurrency), "--pool", pool,
-            "-n", f"{name}-{self.env['VLMQ_API_PORT']}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
+            *(["--concurrency", str(concurrency)] if concurrency else []), "-n", f"{name}-{self.env['VLMQ_API_PORT']}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ]
         env = {**self.env, **env_overrides}
         if metrics:
@@ -174,9 +174,9 @@ class Stack:
             self.metrics_urls[name] = f"http://127.0.0.1:{port}"
         return ManagedProcess(name, command, env, self.data_dir / f"{name}.log").start()
 
-    def add_worker(self, name: str, *, concurrency: int = 1, metrics: bool = False, **env_overrides: str) -> ManagedProcess:
-        """Another inference worker process against the same services."""
-        worker = self._celery(name, "workers.inference.celery_app", pool="prefork", concurrency=concurrency,
+    def add_worker(self, name: str, *, metrics: bool = False, **env_overrides: str) -> ManagedProcess:
+        """Another inference worker process against the same services (its threads: celery_app's)."""
+        worker = self._celery(name, "workers.inference.celery_app", pool="threads", concurrency=None,
                               metrics=metrics, **env_overrides)
         self.processes.append(worker)
         return worker

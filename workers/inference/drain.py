@@ -26,6 +26,11 @@ def start_draining(drain_s: float) -> None:
     _deadline.value = time.time() + drain_s
 
 
+def draining() -> bool:
+    """True from the moment the worker began shutting down."""
+    return _deadline.value > 0.0
+
+
 def handing_back() -> bool:
     """True once the worker is shutting down and its running jobs had their time."""
     return 0.0 < _deadline.value <= time.time()

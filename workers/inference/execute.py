@@ -1,17 +1,17 @@
-"""Run a batch of jobs: claim each, load its media, run them through the model together, record
-each outcome on its own.
+"""Run one job: claim it, load its media, prepare its request, hand it to its model's engine (where
+it shares decode steps with every other running job), and record its outcome the moment its row
+leaves the engine.
 
 Idempotent: a job that is no longer queued (a duplicate delivery, a deleted job) is left alone, and
-every status change is a compare-and-set through ``shared.jobs``. Jobs share only the model call:
-one that fails to load, is canceled, times out or breaks the model ends alone.
+every status change is a compare-and-set through ``shared.jobs``. Jobs share only decode steps: one
+that fails to load, is canceled, times out or breaks the model ends alone.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -43,16 +43,20 @@ from workers.inference.media import (
     load_images,
     load_video_frames,
 )
+from workers.inference.runtime.device_faults import DeviceLost
 from workers.inference.runtime.requests import GenerationRequest, GenerationResult
-from workers.inference.runtime.tiling import tile_count, tile_grid_for, tiles_per_image
 
 log = logging.getLogger("vlmq.worker")
 
 
 # Re-publish a job id after a delay: (job_id, task, model, delay_s).
 RetryLater = Callable[[str, str, str, float], None]
-# (model id, requests, one stop signal per request) → one result or exception per request.
-RunBatch = Callable[[str, list[GenerationRequest], list[Callable[[], bool]]], list[GenerationResult | Exception]]
+# A model id → its loaded runtime (``JobFailure("model_unavailable")`` when it is not loaded).
+RuntimeFor = Callable[[str], object]
+
+
+class HandedBack(Exception):
+    """The job was waiting for the engine when the worker began shutting down: it goes back."""
 
 
 def _request_for(job: Job, images: list[Image.Image], *, frames: list | None = None) -> GenerationRequest:
@@ -86,8 +90,9 @@ def _result_body(job: Job, result: GenerationResult, video: VideoFrames | None =
             "inference": round(result.inference_ms, 1),
             "total": round((finished - job.created_at).total_seconds() * 1000, 1),
         },
-        # The model call it shared: how many jobs ran in it (an extension of API.md's result).
-        "batch": {"id": result.batch_id, "size": result.batch_size},
+        # Its admission into the engine: the jobs admitted in the same step (``id``, ``size``), and
+        # the mean number of rows in the decode steps it took part in (an extension of API.md's result).
+        "batch": {"id": result.batch_id, "size": result.batch_size, "mean_rows": result.mean_rows},
     }
     if result.boxes is not None:
         body["boxes"] = result.boxes
@@ -125,35 +130,27 @@ class _Attempt:
 
 
 @dataclass
-class BatchRun:
+class JobRun:
     settings: WorkerSettings
     store: ObjectStore
-    run_batch: RunBatch
+    runtime_for: RuntimeFor
     retry_later: RetryLater | None = None
     handing_back: Callable[[], bool] = lambda: False
     deltas: redis.Redis | None = None  # where ``stream: true`` jobs' text goes as it is generated
 
-    def execute(self, job_ids: list[str]) -> dict[str, str | None]:
-        """Each job's final status, or None where this delivery had nothing to do (a duplicate, or an
+    def execute(self, job_id: str) -> str | None:
+        """The job's final status, or None where this delivery had nothing to do (a duplicate, or an
         attempt that lost its lease to a cancel or a requeue)."""
-        attempts = [attempt for job_id in job_ids if (attempt := self._claim(job_id)) is not None]
-        statuses: dict[str, str | None] = dict.fromkeys(job_ids)
-        for attempt in attempts:
-            attempt.heartbeat.__enter__()
-        try:
-            # Media loads overlap (storage reads, URL fetches, image decoding release the GIL).
-            with ThreadPoolExecutor(max_workers=max(1, min(len(attempts), self.settings.preprocess_threads))) as pool:
-                list(pool.map(self._prepare, attempts))
-            for model_id, batch in _batches(attempts, self.settings):
-                self._generate(model_id, batch)
-            for attempt in attempts:
-                with about_job(attempt.job_id):
-                    self._finish(attempt)
-                statuses[attempt.job_id] = attempt.status
-        finally:
-            for attempt in attempts:
-                attempt.heartbeat.__exit__(None, None, None)
-        return statuses
+        attempt = self._claim(job_id)
+        if attempt is None:
+            return None
+        with attempt.heartbeat, about_job(job_id):
+            self._prepare(attempt)
+            if attempt.outcome is None and not attempt.done:
+                attempt.outcome = self._generate(attempt)
+            self._finish(attempt)
+        record.batch_ran(attempt.job.model, [attempt.outcome] if isinstance(attempt.outcome, GenerationResult) else [])
+        return attempt.status
 
     def _claim(self, job_id: str) -> _Attempt | None:
         with about_job(job_id), session_scope(self.settings.resolved_database_url) as session:
@@ -207,13 +204,25 @@ class BatchRun:
             except Exception as error:  # decided in _finish, with the other outcomes
                 attempt.outcome = error
 
-    def _generate(self, model_id: str, batch: list[_Attempt]) -> None:
+    def _generate(self, attempt: _Attempt) -> GenerationResult | Exception:
+        """The job's row through its model's engine: prepared here (tiling, tokens; this thread, not
+        the engine's), then decoded beside every other running job."""
         try:
-            outcomes = self.run_batch(model_id, [a.request for a in batch], [self._stop_signal(a) for a in batch])
-        except JobFailure as failure:  # the model is not available: every job of the batch fails with why
-            outcomes = [failure] * len(batch)
-        for attempt, outcome in zip(batch, outcomes, strict=True):
-            attempt.outcome = outcome
+            runtime = self.runtime_for(attempt.job.model)
+            prepared = runtime.prepare(attempt.request)
+            job = attempt.job
+
+            def admitted() -> None:  # on the engine's thread: the job's id goes in explicitly
+                log.info("job %s attempt %d decoding", job.id, attempt.attempt, extra={"job_id": job.id})
+
+            return runtime.engine.submit(prepared, self._stop_signal(attempt), admitted).result()
+        except HandedBack:
+            attempt.stopped_to_hand_back = True
+            return JobFailure("handed_back", "the worker is shutting down")
+        except DeviceLost as error:  # this process exits; another attempt runs it (bounded)
+            return TransientFailure("device_lost", f"the GPU failed while running the job: {error}"[:400])
+        except Exception as error:  # decided in _finish, as every other outcome
+            return error
 
     def _finish(self, attempt: _Attempt) -> None:
         if attempt.done:
@@ -281,40 +290,6 @@ class BatchRun:
         session.commit()  # queued before the message exists, so its delivery finds the job runnable
         self.retry_later(job.id, job.task, job.model, delay_s)
         return JobStatus.queued.value
-
-
-def _batches(attempts: list[_Attempt], settings: WorkerSettings) -> Iterator[tuple[str, list[_Attempt]]]:
-    """The jobs that got as far as a request, by model and by size, cut into batches of at most
-    ``batch_max_jobs`` jobs and ``batch_max_tiles`` tiles (a job over the tile budget alone still
-    runs, alone)."""
-    by_model: dict[str, list[_Attempt]] = {}
-    for attempt in attempts:
-        if attempt.request is not None and attempt.outcome is None and not attempt.done:
-            by_model.setdefault(attempt.job.model, []).append(attempt)
-    for model_id, waiting in by_model.items():
-        # Like with like: rows of one call share its longest prompt's length, so jobs of similar
-        # tile counts share calls.
-        costs = sorted((_tiles_of(attempt.request), index) for index, attempt in enumerate(waiting))
-        batch: list[_Attempt] = []
-        tiles = 0
-        for cost, index in costs:
-            attempt = waiting[index]
-            if batch and (len(batch) >= settings.batch_max_jobs or tiles + cost > settings.batch_max_tiles):
-                yield model_id, batch
-                batch, tiles = [], 0
-            batch.append(attempt)
-            tiles += cost
-        if batch:
-            yield model_id, batch
-
-
-def _tiles_of(request: GenerationRequest) -> int:
-    """The tiles the runtime will cut: each image's grid (and thumbnail) under its tile cap, one
-    per video frame."""
-    if request.frames:
-        return len(request.frames)
-    cap = tiles_per_image(len(request.images), request.max_tiles, request.max_tiles_total)
-    return sum(tile_count(tile_grid_for(image.width, image.height, cap)) for image in request.images)
 
 
 def torch_out_of_memory() -> type[BaseException]:

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import DynamicCache, StoppingCriteriaList
 
 from workers.inference.failures import JobFailure
-from workers.inference.runtime.batching import RowLimits, sampling_arguments
 from workers.inference.runtime.checkpoint import CheckpointInfo, read_checkpoint
+from workers.inference.runtime.engine import Engine, EngineOptions, process_loop
 from workers.inference.runtime.grounding import parse_boxes
 from workers.inference.runtime.loading import LoadOptions, load_model, load_tokenizer
 from workers.inference.runtime.prompts import (
@@ -33,18 +31,7 @@ from workers.inference.runtime.tiling import (
     tiles_per_image,
 )
 
-OOM_RETRIES = 3
-# Rows are prefilled together while padding them to the longest adds at most this share of tokens.
-PADDING_TOLERANCE = 1.25
 log = logging.getLogger("vlmq.worker")
-
-
-def _with_fewer_tiles(request: GenerationRequest) -> GenerationRequest:
-    return dataclasses.replace(
-        request,
-        max_tiles=max(1, request.max_tiles // 2),
-        max_tiles_total=max(1, request.max_tiles_total // 2) if request.max_tiles_total else None,
-    )
 
 
 @dataclass
@@ -54,6 +41,7 @@ class _Prepared:
     pixel_values: np.ndarray | None
     tiles: int
     preprocess_ms: float
+    input_ids: list[int] = field(default_factory=list)
 
 
 class InternVLRuntime:
@@ -68,6 +56,9 @@ class InternVLRuntime:
         self.stop_token_id = tokenizer.convert_tokens_to_ids(self.template.stop_token)
         self.vocab_limit = len(tokenizer)
         self.prepare_threads = 4  # requests of a batch tiled at once (VLMQ_PREPROCESS_THREADS)
+        self.model_id = checkpoint.path.name  # the worker names it by its registered model id
+        self.engine_options = EngineOptions()  # set before the first request (the worker's settings)
+        self._engine: Engine | None = None
 
     @classmethod
     def load(cls, path: Path, options: LoadOptions | None = None) -> InternVLRuntime:
@@ -93,9 +84,9 @@ class InternVLRuntime:
             system_message=self.checkpoint.system_message if request.system_message is None else request.system_message,
         )
         text = expand_image_placeholders(prompt, [sum(tiles)] if combined else tiles)
-        self._check_context(request, text)
+        input_ids = self._tokens_within_context(request, text)
         pixel_values = np.concatenate(pixel_arrays) if pixel_arrays else None
-        return _Prepared(request, text, pixel_values, sum(tiles), (time.perf_counter() - started) * 1000)
+        return _Prepared(request, text, pixel_values, sum(tiles), (time.perf_counter() - started) * 1000, input_ids)
 
     def _prepare_video(self, request: GenerationRequest, started: float) -> _Prepared:
         """One tile per frame (the frames arrive as 448×448 tiles), ``Frame{i}: <image>`` per frame."""
@@ -107,22 +98,23 @@ class InternVLRuntime:
             system_message=self.checkpoint.system_message,
         )
         text = expand_image_placeholders(prompt, [1] * len(request.frames))
-        self._check_context(request, text)
-        return _Prepared(request, text, pixel_values, len(request.frames), (time.perf_counter() - started) * 1000)
+        input_ids = self._tokens_within_context(request, text)
+        return _Prepared(request, text, pixel_values, len(request.frames), (time.perf_counter() - started) * 1000,
+                         input_ids)
 
-    def _check_context(self, request: GenerationRequest, text: str) -> None:
-        """The API refuses prompts that cannot fit; one that got here anyway (media by URL, whose
-        tiles were unknown until fetched) fails before it holds the GPU."""
+    def _tokens_within_context(self, request: GenerationRequest, text: str) -> list[int]:
+        """The prompt's token ids. The API refuses prompts that cannot fit; one that got here anyway
+        (media by URL, whose tiles were unknown until fetched) fails before it holds the GPU."""
+        input_ids = list(self.tokenizer(text).input_ids)
         limit = self.checkpoint.context_length
-        if not limit:
-            return
-        tokens = len(self.tokenizer(text).input_ids)
-        if tokens + request.max_new_tokens > limit:
+        tokens = len(input_ids)
+        if limit and tokens + request.max_new_tokens > limit:
             raise JobFailure(
                 "context_length_exceeded",
                 f"the prompt is {tokens} tokens and max_new_tokens is {request.max_new_tokens}: more than the "
                 f"model's context of {limit}; lower max_tiles or max_new_tokens, or shorten the prompt",
             )
+        return input_ids
 
     def run(self, requests: list[GenerationRequest], should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
         """Every request's result, in order; the first request that fails raises. ``should_stop`` is
@@ -135,19 +127,24 @@ class InternVLRuntime:
 
     def run_isolated(self, requests: list[GenerationRequest],
                      stops: list[Callable[[], bool] | None]) -> list[GenerationResult | Exception]:
-        """The requests as one batch, each with its own token limit, sampling and stop signal
+        """The requests through the engine, each with its own token limit, sampling and stop signal
         (``stops[i]``: canceled, lease lost, time out, shutting down; the row ends at the next decode
         step, the others go on). A request that breaks its preprocessing or the model fails alone:
-        its outcome is the exception, its batch-mates still get their results."""
+        its outcome is the exception, the others still get their results."""
         # Tiling and normalising overlap across requests: Pillow's resampler and numpy release the GIL.
         with ThreadPoolExecutor(max_workers=max(1, min(len(requests), self.prepare_threads))) as pool:
-            outcomes: list[GenerationResult | Exception | _Prepared] = list(pool.map(self._prepare_or_error, requests))
-        ready = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, _Prepared)]
-        if ready:
-            batch = [outcomes[index] for index in ready]
-            for index, outcome in zip(ready, self._generate_isolated(batch, [stops[i] for i in ready]), strict=True):
-                outcomes[index] = outcome
-        return outcomes  # type: ignore[return-value]
+            prepared = list(pool.map(self._prepare_or_error, requests))
+        ready = [index for index, item in enumerate(prepared) if not isinstance(item, Exception)]
+        futures = dict(zip(ready, self.engine.submit_all([prepared[i] for i in ready], [stops[i] for i in ready]),
+                           strict=True))
+        return [_outcome(futures[index]) if index in futures else item for index, item in enumerate(prepared)]
+
+    @property
+    def engine(self) -> Engine:
+        """This model's continuous-batching engine, on the process's engine loop (made on first use)."""
+        if self._engine is None:
+            self._engine = process_loop().attach(Engine(self, self.engine_options, name=self.model_id))
+        return self._engine
 
     def _prepare_or_error(self, request: GenerationRequest) -> _Prepared | Exception:
         try:
@@ -155,157 +152,57 @@ class InternVLRuntime:
         except Exception as error:  # bad pixels, a prompt the template refuses: this request only
             return error
 
-    def _generate_isolated(self, batch: list[_Prepared], stops) -> list[GenerationResult | Exception]:
-        try:
-            return self._generate_fitting(batch, stops)
-        except Exception as error:
-            if len(batch) == 1:
-                return [error]
-            log.warning("a batch of %d failed (%s: %s): running its requests one at a time",
-                        len(batch), type(error).__name__, error)
-            return [self._generate_isolated([item], [stop])[0] for item, stop in zip(batch, stops, strict=True)]
-
-    def _generate_fitting(self, batch: list[_Prepared], stops) -> list[GenerationResult]:
-        """Out of GPU memory: a batch is split in two and each half tried again; a single request
-        is tried again with half the tiles per image (the thumbnail-only single tile at the least),
-        a bounded number of times."""
-        try:
-            return self._generate(batch, stops)
-        except torch.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if len(batch) == 1:
-                return self._generate_with_fewer_tiles(batch[0], stops[0])
-            half = len(batch) // 2
-            log.warning("out of GPU memory with a batch of %d: splitting it", len(batch))
-            return self._generate_fitting(batch[:half], stops[:half]) + self._generate_fitting(batch[half:], stops[half:])
-
-    def _generate_with_fewer_tiles(self, item: _Prepared, stop) -> list[GenerationResult]:
-        for retry in range(OOM_RETRIES):
-            if item.request.max_tiles <= 1:
-                break
-            item = self.prepare(_with_fewer_tiles(item.request))
-            log.warning("out of GPU memory: retrying with at most %d tiles per image", item.request.max_tiles)
-            try:
-                return self._generate([item], [stop])
-            except torch.OutOfMemoryError:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                if retry == OOM_RETRIES - 1:
-                    raise
-        raise torch.OutOfMemoryError("out of GPU memory even with 1 tile per image")
-
-    @torch.inference_mode()
-    def _generate(self, batch: list[_Prepared], stops) -> list[GenerationResult]:
-        started = time.perf_counter()
-        encoded = self.tokenizer([item.text for item in batch], return_tensors="pt", padding=True).to(self.device)
-        arrays = [item.pixel_values for item in batch if item.pixel_values is not None]
-        # Text-only batches pass no pixel_values at all: the native model would try to encode None.
-        requests = [item.request for item in batch]
-        prompt_length = encoded["input_ids"].shape[1]
-        lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        if len(batch) > 1 and prompt_length * len(batch) > PADDING_TOLERANCE * sum(lengths):
-            # Prompts of unlike lengths: padded together, the short ones would pay for the longest
-            # one's prefill. Each is prefilled alone, and the rows decode together from their caches.
-            media = {"past_key_values": self._prefill_each(batch, encoded)}
-        else:
-            media = {"pixel_values": self._to_device(np.concatenate(arrays))} if arrays else {}
-        watchers = [self._text_watcher(request) if request.text_sink else None for request in requests]
-        limits = RowLimits(prompt_length, [request.max_new_tokens for request in requests], stops, watchers)
-        output = self.model.generate(
-            input_ids=encoded["input_ids"],
-            attention_mask=encoded["attention_mask"],
-            **media,
-            max_new_tokens=max(request.max_new_tokens for request in requests),
-            eos_token_id=self.stop_token_id,
-            stopping_criteria=StoppingCriteriaList([limits]),
-            pad_token_id=self.tokenizer.pad_token_id,
-            **sampling_arguments(requests),
-        )
-        new_tokens = output[:, prompt_length:]
-        inference_ms = (time.perf_counter() - started) * 1000
-        batch_id = uuid.uuid4().hex[:12]
-        results = []
-        for row, item in enumerate(batch):
-            tokens = self._kept_tokens(new_tokens[row].tolist()[: item.request.max_new_tokens])
-            text = self._text_of(tokens).strip()
-            results.append(
-                GenerationResult(
-                    text=text,
-                    input_tokens=int(encoded["attention_mask"][row].sum()),
-                    output_tokens=len(tokens),
-                    tiles=item.tiles,
-                    preprocess_ms=item.preprocess_ms,
-                    inference_ms=inference_ms,
-                    boxes=self._boxes(item.request, text),
-                    token_ids=tokens,
-                    batch_id=batch_id,
-                    batch_size=len(batch),
-                    finish_reason=self._finish_reason(tokens, item.request.max_new_tokens),
-                )
-            )
-        return results
-
-    def _prefill_each(self, batch: list[_Prepared], encoded) -> DynamicCache:
-        """Every row's prompt but its last token through the model alone, unpadded; the caches then
-        left-padded to one length and stacked. ``generate`` feeds the last tokens itself, and the
-        attention mask (its zeros cover the padding) gives each row its own positions."""
-        padded_length = encoded["input_ids"].shape[1] - 1
-        per_row = []
-        for row, item in enumerate(batch):
-            ids = encoded["input_ids"][row][encoded["attention_mask"][row].bool()][:-1].unsqueeze(0)
-            media = {"pixel_values": self._to_device(item.pixel_values)} if item.pixel_values is not None else {}
-            output = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                                logits_to_keep=1, **media)
-            per_row.append(output.past_key_values)
-        cache = DynamicCache()
-        for layer in range(len(per_row[0].layers)):
-            keys, values = [], []
-            for row_cache in per_row:
-                stored = row_cache.layers[layer]
-                padding = (0, 0, padded_length - stored.keys.shape[-2], 0)  # left, along the sequence
-                keys.append(torch.nn.functional.pad(stored.keys, padding))
-                values.append(torch.nn.functional.pad(stored.values, padding))
-            cache.update(torch.cat(keys), torch.cat(values), layer)
-        return cache
-
-    def _to_device(self, pixels: np.ndarray) -> torch.Tensor:
-        """On a GPU: from pinned memory, converted to the model's dtype there (half the bytes to copy
-        for bf16 and the copy does not block the host)."""
-        tensor = torch.from_numpy(pixels)
+    def to_device(self, pixels: np.ndarray) -> torch.Tensor:
+        """Cast to the model's dtype on the host (half the bytes to copy for bf16), then on a GPU
+        copied from pinned memory without blocking the host."""
+        tensor = torch.from_numpy(pixels).to(self.dtype)
         if self.device.type != "cuda":
-            return tensor.to(self.dtype)
-        return tensor.pin_memory().to(self.device, non_blocking=True).to(self.dtype)
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
-    def _kept_tokens(self, tokens: list[int]) -> list[int]:
+    def decode_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The engine's boolean decode mask in the form the attention implementation adds: eager
+        attention adds it to the scores, SDPA takes booleans."""
+        if self.text_attention() == "eager":
+            return torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill(~mask, torch.finfo(self.dtype).min)
+        return mask
+
+    def text_attention(self) -> str:
+        return self.model.config.text_config._attn_implementation
+
+    @contextmanager
+    def decode_attention(self):
+        """Decode steps attend through a 4-D mask (each row at its own length), which
+        flash-attention 2's path does not take: SDPA serves them; prefill keeps flash-attention."""
+        config = self.model.config.text_config
+        chosen = config._attn_implementation
+        if chosen != "flash_attention_2":
+            yield
+            return
+        config._attn_implementation = "sdpa"
+        try:
+            yield
+        finally:
+            config._attn_implementation = chosen
+
+    def kept_tokens(self, tokens: list[int]) -> list[int]:
         """Generated ids up to and including the stop token, without padding."""
         if self.stop_token_id in tokens:
             tokens = tokens[: tokens.index(self.stop_token_id) + 1]
         return [token for token in tokens if token != self.tokenizer.pad_token_id]
 
-    def _finish_reason(self, tokens: list[int], max_new_tokens: int) -> str:
+    def finish_reason(self, tokens: list[int], max_new_tokens: int) -> str:
         ran_out = len(tokens) >= max_new_tokens and (not tokens or tokens[-1] != self.stop_token_id)
         return "length" if ran_out else "stop"
 
-    def _text_of(self, tokens: list[int]) -> str:
+    def text_of(self, tokens: list[int]) -> str:
         # The embedding table is padded past the tokenizer; ids beyond it have no text (and would
         # make a SentencePiece decoder raise).
         decoded = self.tokenizer.decode([t for t in tokens if t < self.vocab_limit], skip_special_tokens=True)
         return decoded.split(self.template.stop_token)[0]
 
-    def _text_watcher(self, request: GenerationRequest, interval_s: float = 0.05) -> Callable[[list[int]], None]:
-        """The row's text so far, decoded at most every ``interval_s``, to the request's sink."""
-        last = [0.0]
-
-        def watch(generated: list[int]) -> None:
-            if time.perf_counter() - last[0] >= interval_s:
-                last[0] = time.perf_counter()
-                request.text_sink(self._text_of(self._kept_tokens(generated)).lstrip())
-
-        return watch
-
     @staticmethod
-    def _boxes(request: GenerationRequest, text: str) -> list[dict] | None:
+    def boxes(request: GenerationRequest, text: str) -> list[dict] | None:
         if request.task != "grounding":
             return None
         image = request.images[0]
@@ -313,3 +210,10 @@ class InternVLRuntime:
             box.as_dict()
             for box in parse_boxes(text, width=image.width, height=image.height, default_label=request.prompt or "")
         ]
+
+
+def _outcome(future) -> GenerationResult | Exception:
+    try:
+        return future.result()
+    except Exception as error:
+        return error

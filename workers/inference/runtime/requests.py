@@ -40,3 +40,5 @@ class GenerationResult:
     batch_id: str = ""  # the generate call that produced it, shared by its batch-mates
     batch_size: int = 1
     finish_reason: str = "stop"  # "length": max_new_tokens ran out before the model stopped
+    mean_rows: float = 1.0  # mean rows of the decode steps it took part in
+    queue_ms: float = 0.0  # from its submission to the engine to its admission
