@@ -67,6 +67,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def wait_for_every_job(client: httpx.Client, ids: list[str], *, interval_s: float) -> list[dict]:
+    """Every job once all ended; a failed one ends the benchmark with its error."""
+    def all_done() -> list[dict] | None:
+        found = [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
+        return found if all(job["status"] in ("succeeded", "failed") for job in found) else None
+
+    done = wait_until(all_done, timeout_s=3600, interval_s=interval_s, what="every job")
+    failed = [job["error"] for job in done if job["status"] != "succeeded"]
+    if failed:
+        raise SystemExit(f"{len(failed)} jobs failed: {failed[:3]}")
+    return done
+
+
+def at(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
 def run_baseline(model_dir: Path, jobs: list[dict], device: str, *, max_new_tokens: int | None = None) -> dict:
     """The cards' pattern: one request at a time, its own preprocessing, one generate each
     (``max_new_tokens`` overrides the jobs' own: 1 times what no batching of decode steps can save)."""
@@ -118,20 +135,8 @@ def run_vlmq(model_dir: Path, jobs: list[dict], device: str, batch: int, data_di
                 request = {"task": job["task"], "options": job["options"]} | ({"prompt": job["prompt"]} if job["prompt"] else {})
                 ids.append(submit(client, request, *job["images"], filename="image.jpg").json()["id"])
             worker = stack.add_worker("worker-measured")
-
-            def all_done() -> list[dict] | None:
-                found = [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
-                return found if all(job["status"] in ("succeeded", "failed") for job in found) else None
-
-            done = wait_until(all_done, timeout_s=3600, interval_s=1.0, what="every job")
+            done = wait_for_every_job(client, ids, interval_s=1.0)
         worker.stop()
-    failed = [job["error"] for job in done if job["status"] != "succeeded"]
-    if failed:
-        raise SystemExit(f"{len(failed)} jobs failed: {failed[:3]}")
-
-    def at(value: str) -> float:
-        return datetime.fromisoformat(value).timestamp()
-
     first, last = min(at(job["started_at"]) for job in done), max(at(job["finished_at"]) for job in done)
     elapsed = last - first
     latencies = [at(job["finished_at"]) - first for job in done]
@@ -189,22 +194,10 @@ def run_open_loop(model_dir: Path, jobs: list[dict], *, batch: int, models: int,
                 request = {"task": job["task"], "options": job["options"], "model": names[number % models]}
                 request |= {"prompt": job["prompt"]} if job["prompt"] else {}
                 ids.append(submit(client, request, *job["images"], filename="image.jpg").json()["id"])
-
-            def all_done() -> list[dict] | None:
-                found = [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
-                return found if all(job["status"] in ("succeeded", "failed") for job in found) else None
-
-            done = wait_until(all_done, timeout_s=3600, interval_s=0.5, what="every job")
+            done = wait_for_every_job(client, ids, interval_s=0.5)
         worker.stop()
         stats = re.findall(r"engine (\S+): (\d+) decode steps, ([\d.]+) mean rows, idle share ([\d.]+)",
                            worker.log_path.read_text())
-    failed = [job["error"] for job in done if job["status"] != "succeeded"]
-    if failed:
-        raise SystemExit(f"{len(failed)} jobs failed: {failed[:3]}")
-
-    def at(value: str) -> float:
-        return datetime.fromisoformat(value).timestamp()
-
     first, last = min(at(job["created_at"]) for job in done), max(at(job["finished_at"]) for job in done)
     by_class: dict[int, list[float]] = {}
     for job in done:
