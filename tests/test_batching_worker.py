@@ -4,6 +4,7 @@ ends on its own (a poisoned one fails alone, a canceled one stops alone)."""
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -110,3 +111,29 @@ def test_a_job_canceled_inside_a_running_batch_stops_alone(batch_stack, client):
     assert client.get(f"/v1/jobs/{long}").json()["result"] is None
     assert [job["status"] for job in jobs] == ["succeeded"] * 3
     assert all(job["result"]["batch"]["mean_rows"] > 1 for job in jobs)  # they decoded beside each other
+
+
+def test_jobs_arriving_one_by_one_share_decode_steps_and_a_short_one_ends_while_a_long_one_runs(batch_stack, client):
+    # given a running worker decoding one long chat
+    worker = batch_stack.add_worker("worker-arrivals", VLMQ_BATCH_MAX_JOBS="16", **TINY_ONLY)
+    try:
+        long = client.post("/v1/jobs", json={"task": "chat", "prompt": "Tell me a story.",
+                                             "options": {"max_new_tokens": 4000}}).json()["id"]
+        wait_until(lambda: f"job {long} attempt 1 decoding" in worker.log_path.read_text(), timeout_s=90,
+                   what="the long job to decode")
+
+        # when sixteen short jobs arrive one by one while it runs
+        short = []
+        for number in range(16):
+            short.append(client.post("/v1/jobs", json={"task": "chat", "prompt": f"Hi {number}",
+                                                       "options": {"max_new_tokens": 6 + number}}).json()["id"])
+            time.sleep(0.05)
+        jobs = [wait_for_job(client, job_id) for job_id in short]
+
+        # then each succeeded while the long one was still running, having decoded beside it
+        assert client.get(f"/v1/jobs/{long}").json()["status"] == "running"
+        assert [job["status"] for job in jobs] == ["succeeded"] * 16
+        assert all(job["result"]["batch"]["mean_rows"] > 1 for job in jobs)
+        assert client.post(f"/v1/jobs/{long}/cancel").json()["status"] == "canceled"
+    finally:
+        worker.stop()
