@@ -54,14 +54,20 @@ def pick_device(device: str) -> torch.device:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a GPU that supports it (Ampere and later), else fp16 there; fp32 on CPU."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return getattr(torch, dtype)
 
 
-def attention_implementation(device: torch.device) -> str:
-    """flash-attention 2 where the package and a GPU are there, else PyTorch's SDPA."""
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+def attention_implementation(device: torch.device, dtype: torch.dtype) -> str:
+    """flash-attention 2 only where it runs: the package installed, a GPU of compute capability 8.0
+    or later, and a half dtype; PyTorch's SDPA everywhere else."""
+    if (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+            and importlib.util.find_spec("flash_attn") is not None
+            and torch.cuda.get_device_capability(device) >= (8, 0)):
         return "flash_attention_2"
     return "sdpa"
 
@@ -146,7 +152,7 @@ def load_model(checkpoint: CheckpointInfo, tokenizer, options: LoadOptions | Non
     common = {
         "dtype": dtype,
         "device_map": _device_map(checkpoint, device, dtype, options),
-        "attn_implementation": attention_implementation(device),
+        "attn_implementation": attention_implementation(device, dtype),
         **_quantization(options, device),
     }
     if checkpoint.format != ORIGINAL_FORMAT:
