@@ -145,14 +145,15 @@ def _wait_for_engine_room() -> None:
     worker shutting down meanwhile puts the message back unclaimed."""
     from workers.inference.runtime.engine import process_loop
 
+    def fits(rows: int, tokens: int) -> bool:
+        return rows < settings.batch_max_jobs and tokens < settings.engine_kv_tokens
+
     loop = process_loop()
     while True:
-        rows, tokens = loop.backlog()
-        if rows < settings.batch_max_jobs and tokens < settings.engine_kv_tokens:
-            return
         if draining():
             raise Reject("the worker is shutting down", requeue=True)
-        time.sleep(0.01)
+        if loop.wait_for_room(fits, timeout_s=0.2):  # woken by admissions; the timeout re-checks draining
+            return
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True, acks_late=True)
@@ -160,8 +161,6 @@ def run_jobs(job_id: str) -> str | None:
     """One job, from its claim to its recorded outcome; it decodes beside every other running job."""
     _ensure_loaded()
     _wait_for_engine_room()
-    if draining():
-        raise Reject("the worker is shutting down", requeue=True)
     run = JobRun(settings, open_store(settings.resolved_storage_url), _runtime_for, _retry_later, handing_back,
                  deltas=_deltas_client())
     return run.execute(job_id)

@@ -66,7 +66,6 @@ class _Row:
     stop: Callable[[], bool] | None
     future: Future
     on_admitted: Callable[[], None] | None = None
-    submitted: float = field(default_factory=time.perf_counter)
     tokens: list[int] = field(default_factory=list)
     slot: int | None = None
     group: str = ""
@@ -141,6 +140,8 @@ class Engine:
             rows, self.waiting, self.refusal = list(self.waiting), deque(), error
         for row in rows:
             _resolve(row.future, error=error)
+        if self.loop is not None:
+            self.loop.backlog_shrank()
 
     # -- the loop's thread ----------------------------------------------------------------------
 
@@ -163,12 +164,16 @@ class Engine:
         if failure is not None:  # out of the except block: the failed step's tensors are free now
             self._recover_from_out_of_memory(failure)
 
-    def fail_everything(self, error: BaseException) -> None:
-        """Every row ends with ``error``, without touching the device (its context may be dead)."""
+    def fail_running(self, error: BaseException) -> None:
+        """Every running row ends with ``error``, without touching the device (its context may be
+        dead, or the slots in a state a broken step left)."""
         rows, self.running, self.slots = self.running, [], None
         for row in rows:
             row.slot = None
             _resolve(row.future, error=error)
+
+    def fail_everything(self, error: BaseException) -> None:
+        self.fail_running(error)
         self.hand_back_waiting(error)
 
     # -- admission ------------------------------------------------------------------------------
@@ -177,6 +182,8 @@ class Engine:
         group = self._take_admissions()
         if not group:
             return
+        if self.loop is not None:
+            self.loop.backlog_shrank()
         group_id, now = uuid.uuid4().hex[:12], time.perf_counter()
         for row in group:
             row.group, row.group_size, row.admitted_at = group_id, len(group), now
@@ -368,7 +375,6 @@ class Engine:
             boxes=runtime.boxes(row.request, text), token_ids=tokens, batch_id=row.group, batch_size=row.group_size,
             finish_reason=runtime.finish_reason(tokens, row.request.max_new_tokens),
             mean_rows=round(row.rows_seen / row.steps, 2) if row.steps else 1.0,
-            queue_ms=((row.admitted_at or finished) - row.submitted) * 1000,
         )
 
     def _offer_text(self, row: _Row) -> None:
@@ -420,8 +426,7 @@ class Engine:
             prepared = self.runtime.prepare(fewer)
         except Exception as failure:
             return _resolve(row.future, error=failure)
-        retry = _Row(prepared, row.stop, row.future, on_admitted=row.on_admitted, submitted=row.submitted,
-                     oom_retries=row.oom_retries + 1)
+        retry = _Row(prepared, row.stop, row.future, on_admitted=row.on_admitted, oom_retries=row.oom_retries + 1)
         with self.lock:
             self.waiting.appendleft(retry)
 
@@ -460,6 +465,7 @@ class EngineLoop:
         self.engines: list[Engine] = []
         self.on_device_lost = on_device_lost
         self._wake = threading.Condition()
+        self._room = threading.Condition()  # notified when the backlog shrinks
         self._thread: threading.Thread | None = None
         self.started = time.perf_counter()
         self.idle_s = 0.0
@@ -479,6 +485,16 @@ class EngineLoop:
 
     def idle(self) -> bool:
         return not any(engine.has_work() for engine in self.engines)
+
+    def backlog_shrank(self) -> None:
+        with self._room:
+            self._room.notify_all()
+
+    def wait_for_room(self, fits: Callable[[int, int], bool], timeout_s: float) -> bool:
+        """Blocks until ``fits(rows, tokens)`` of the backlog (re-checked whenever admissions take
+        from it) or ``timeout_s`` passes; returns whether it fits."""
+        with self._room:
+            return self._room.wait_for(lambda: fits(*self.backlog()), timeout=timeout_s)
 
     def backlog(self) -> tuple[int, int]:
         rows = tokens = 0
@@ -516,9 +532,7 @@ class EngineLoop:
                     self._device_lost(error)
                     return
                 log.exception("engine %s broke: its running rows fail", engine.name)
-                rows, engine.running, engine.slots = engine.running, [], None
-                for row in rows:
-                    _resolve(row.future, error=error)
+                engine.fail_running(error)
 
     def _report_now_and_then(self, every_s: float = 5.0) -> None:
         """What the engines did so far, in the worker's log (read by bench/worker_throughput.py)."""

@@ -41,4 +41,3 @@ class GenerationResult:
     batch_size: int = 1
     finish_reason: str = "stop"  # "length": max_new_tokens ran out before the model stopped
     mean_rows: float = 1.0  # mean rows of the decode steps it took part in
-    queue_ms: float = 0.0  # from its submission to the engine to its admission
